@@ -1,0 +1,1 @@
+"""BiomedCLIP: a CLIP model for biomedical figures and captions, and the pieces to build, train, evaluate and serve it."""

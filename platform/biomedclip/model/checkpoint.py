@@ -1,0 +1,85 @@
+"""Checkpoint I/O: safetensors with the model config in its metadata; open_clip .bin/.pt checkpoints load too.
+
+State-dict names are open_clip's for BiomedCLIP, so weights move both ways without renaming. A checkpoint trained
+at one image size loads at another: the position embedding is resampled to the new patch grid.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from timm.layers import resample_abs_pos_embed
+
+from biomedclip.config import from_dict
+from biomedclip.model.clip import BiomedCLIP
+from biomedclip.model.config import PATCH_SIZE, ModelConfig
+
+CONFIG_METADATA_KEY = "biomedclip_model_config"
+POS_EMBED_KEY = "visual.trunk.pos_embed"
+# Buffers that some transformers versions saved and others rebuild; harmless to drop.
+REBUILT_BUFFERS = ("text.transformer.embeddings.position_ids",)
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def save_checkpoint(model: BiomedCLIP, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    save_file(state, str(path), metadata={CONFIG_METADATA_KEY: json.dumps(asdict(model.config))})
+    return path
+
+
+def read_config(path: str | Path) -> ModelConfig | None:
+    """The model config stored in one of our safetensors checkpoints, or None for a foreign checkpoint."""
+    if Path(path).suffix != ".safetensors":
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        raw = (handle.metadata() or {}).get(CONFIG_METADATA_KEY)
+    return from_dict(ModelConfig, json.loads(raw)) if raw else None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Reads safetensors, or a torch .bin/.pt (open_clip layout, optionally wrapped in 'state_dict' / 'module.')."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors of many kinds: report which file
+        raise CheckpointError(f"{path}: not a loadable weights-only torch checkpoint ({err})") from err
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return {name.removeprefix("module."): tensor for name, tensor in state.items()}
+
+
+def load_weights(model: BiomedCLIP, state: dict[str, torch.Tensor]) -> BiomedCLIP:
+    """Loads open_clip-named weights strictly, resampling the position embedding when the image size differs."""
+    state = {name: tensor for name, tensor in state.items() if name not in REBUILT_BUFFERS}
+    target = model.visual.trunk.pos_embed
+    if POS_EMBED_KEY in state and state[POS_EMBED_KEY].shape != target.shape:
+        grid = model.config.vision.image_size // PATCH_SIZE
+        state[POS_EMBED_KEY] = resample_abs_pos_embed(
+            state[POS_EMBED_KEY], new_size=(grid, grid), num_prefix_tokens=model.visual.trunk.num_prefix_tokens)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model
+
+
+def load_model(path: str | Path, config: ModelConfig | None = None) -> BiomedCLIP:
+    """Builds the model from `config` (or the config stored in the checkpoint) and loads the weights."""
+    config = config or read_config(path)
+    if config is None:
+        raise CheckpointError(f"{path}: the checkpoint carries no model config; pass one")
+    return load_weights(BiomedCLIP(config), read_state_dict(path))

@@ -1,0 +1,4 @@
+"""WordPiece tokenization for the text tower."""
+from biomedclip.text.tokenizer import Tokenizer, TokenizerError
+
+__all__ = ["Tokenizer", "TokenizerError"]

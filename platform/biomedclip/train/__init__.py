@@ -1,0 +1,1 @@
+"""Training: the contrastive loss, accumulation, schedules and the Ray Train loop."""
