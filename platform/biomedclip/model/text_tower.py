@@ -42,9 +42,9 @@ class TextTower(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         if enable:
-            self.transformer.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.transformer.activation_checkpointing_enable({"use_reentrant": False})
         else:
-            self.transformer.gradient_checkpointing_disable()
+            self.transformer.activation_checkpointing_disable()
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         attention_mask = (token_ids != self.pad_token_id).long()

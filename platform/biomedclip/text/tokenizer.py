@@ -53,6 +53,7 @@ class Tokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, context_length: int, min_frequency: int = 2) -> "Tokenizer":
+        """Learns a WordPiece vocabulary. Ties may be ordered differently in another process: train once, then save."""
         backend = BertWordPieceTokenizer(lowercase=True)
         backend.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency,
                                     special_tokens=SPECIAL_TOKENS, show_progress=False)

@@ -1,0 +1,36 @@
+"""Small builders shared by tests: a tiny model config and real captions/images from the shared samples."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from biomedclip.model import ModelConfig, TextConfig, VisionConfig
+from biomedclip.text import Tokenizer
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif"}
+
+
+def roco_captions(realdata: Path) -> list[str]:
+    captions = []
+    for path in sorted((realdata / "captions" / "roco").rglob("captions.head50.txt")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            _, _, caption = line.partition("\t")
+            if caption.strip():
+                captions.append(caption.strip())
+    return captions
+
+
+def real_images(realdata: Path) -> list[Path]:
+    return sorted(p for p in (realdata / "images").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def tiny_config(tokenizer: Tokenizer, image_size: int = 224, patch_dropout: float = 0.0) -> ModelConfig:
+    return ModelConfig(
+        embed_dim=32,
+        vision=VisionConfig(preset="vit-tiny", image_size=image_size, patch_dropout=patch_dropout),
+        text=TextConfig(preset="bert-tiny", context_length=77, vocab_size=tokenizer.vocab_size,
+                        pad_token_id=tokenizer.pad_token_id),
+    )
+
+
+def train_tokenizer(captions: list[str], context_length: int = 77) -> Tokenizer:
+    return Tokenizer.train(captions, vocab_size=1000, context_length=context_length, min_frequency=1)

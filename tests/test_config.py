@@ -1,0 +1,41 @@
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+from biomedclip.config import ConfigError, from_dict, load_config
+from biomedclip.model import ModelConfig
+
+
+def test_yaml_and_dotted_overrides(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("embed_dim: 64\nvision: {preset: vit-tiny, image_size: 336}\n")
+    cfg = load_config(ModelConfig, path, ["text.context_length=77", "vision.patch_dropout=0.5"])
+    assert (cfg.embed_dim, cfg.vision.preset, cfg.vision.image_size) == (64, "vit-tiny", 336)
+    assert cfg.text.context_length == 77 and cfg.vision.patch_dropout == 0.5
+    assert isinstance(cfg.vision.patch_dropout, float)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("vision.presett=vit-base", "vision.presett"),
+    ("embed_dim=big", "embed_dim"),
+    ("grad_checkpointing=1", "grad_checkpointing"),
+    ("vision.image_size=300", "vision.image_size"),
+    ("text.preset=gpt", "text.preset"),
+    ("vision=3", "vision"),
+])
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=rf"^{key.replace('.', '[.]')}\b"):
+        load_config(ModelConfig, None, [override])
+
+
+@pytest.mark.parametrize("name, preset", [("tiny", "vit-tiny"), ("paper", "vit-base")])
+def test_repo_model_configs_load(name, preset):
+    cfg = from_dict(ModelConfig, yaml.safe_load((REPO / "jobs" / "configs" / f"{name}.yaml").read_text())["model"])
+    assert cfg.vision.preset == preset
+
+
+def test_defaults_are_the_papers_model():
+    cfg = ModelConfig()
+    assert (cfg.embed_dim, cfg.vision.preset, cfg.vision.image_size, cfg.text.preset, cfg.text.context_length) == (
+        512, "vit-base", 224, "pubmedbert-base", 256)
