@@ -10,7 +10,7 @@ export RAY_TMPDIR ?= $(CURDIR)/.ray_tmp
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast
+.PHONY: install browser demo test test-fast
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,11 +20,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The web page is tested in Debian's headless Chromium (no browser download at run time).
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
 demo: $(STAMP)
 	mkdir -p $(RAY_TMPDIR)
 	$(BIN)/python jobs/demo.py --output demo_out
 
-test: $(STAMP)
+test: $(STAMP) browser
 	mkdir -p $(RAY_TMPDIR)
 	$(BIN)/python -m pytest -q --durations=15
 

@@ -1,0 +1,1 @@
+"""Ray Data pipelines: figure-caption extraction, training input, embedding."""

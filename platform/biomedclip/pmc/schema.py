@@ -1,0 +1,29 @@
+"""Arrow schemas of the pair shards: the published one, and the staged one with two working columns."""
+from __future__ import annotations
+
+import pyarrow as pa
+
+PAIR_SCHEMA = pa.schema([
+    pa.field("pmcid", pa.string(), nullable=False),
+    pa.field("pmid", pa.string()),
+    pa.field("fig_id", pa.string(), nullable=False),
+    pa.field("label", pa.string()),
+    pa.field("caption", pa.string(), nullable=False),
+    pa.field("inline_refs", pa.string(), nullable=False),  # citing sentences, one per line
+    pa.field("image", pa.binary(), nullable=False),  # JPEG
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("orig_width", pa.int32(), nullable=False),
+    pa.field("orig_height", pa.int32(), nullable=False),
+    pa.field("license", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),  # train | val | test
+    pa.field("sha256", pa.string(), nullable=False),  # hex, of the decoded pixels
+    pa.field("doi", pa.string()),
+])
+
+STAGED_SCHEMA = PAIR_SCHEMA.append(pa.field("pair_key", pa.string(), nullable=False)).append(
+    pa.field("caption_words", pa.int32(), nullable=False))
+
+
+def staged_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=STAGED_SCHEMA)

@@ -1,0 +1,63 @@
+"""Dataset statistics like the paper's Figure 3: histograms of caption length and of original image size,
+accumulated per shard as small count tables and plotted as PNGs."""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+import pyarrow as pa
+
+MAX_CAPTION_WORDS = 1024  # longer captions share the last bin
+SIZE_BIN = 64  # pixels
+MAX_SIZE = 8192
+
+
+def table_histograms(table: pa.Table) -> dict[str, dict[str, int]]:
+    words = Counter(min(n, MAX_CAPTION_WORDS) for n in table.column("caption_words").to_pylist())
+    sizes = {}
+    for column in ("orig_width", "orig_height"):
+        sizes[column] = Counter(min(v, MAX_SIZE) // SIZE_BIN * SIZE_BIN for v in table.column(column).to_pylist())
+    return {
+        "caption_words": {str(k): v for k, v in words.items()},
+        **{column: {str(k): v for k, v in counts.items()} for column, counts in sizes.items()},
+    }
+
+
+def merge_histograms(histograms: Iterable[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
+    merged: dict[str, Counter] = {}
+    for histogram in histograms:
+        for name, counts in histogram.items():
+            merged.setdefault(name, Counter()).update({k: int(v) for k, v in counts.items()})
+    return {name: {k: counts[k] for k in sorted(counts, key=int)} for name, counts in merged.items()}
+
+
+def plot_histograms(histograms: dict[str, dict[str, int]]) -> dict[str, bytes]:
+    """PNG bytes of the caption-length and image-size histograms."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def png(figure) -> bytes:
+        buffer = io.BytesIO()
+        figure.tight_layout()
+        figure.savefig(buffer, format="png", dpi=100)
+        plt.close(figure)
+        return buffer.getvalue()
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    words = histograms.get("caption_words", {})
+    axis.bar([int(k) for k in words], list(words.values()), width=1.0, color="tab:blue")
+    axis.set(xlabel="caption length (words and punctuation)", ylabel="pairs", title="Caption length")
+    captions = png(figure)
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for column, color in (("orig_width", "tab:orange"), ("orig_height", "tab:green")):
+        counts = histograms.get(column, {})
+        axis.bar([int(k) + SIZE_BIN / 2 for k in counts], list(counts.values()), width=SIZE_BIN, alpha=0.5,
+                 color=color, label=column.replace("orig_", "original "))
+    axis.set(xlabel=f"pixels ({SIZE_BIN}-px bins)", ylabel="pairs", title="Image size")
+    axis.legend()
+    return {"caption_length.png": captions, "image_size.png": png(figure)}

@@ -1,0 +1,112 @@
+"""The BiomedCLIP model deployment: several artifacts multiplexed by model id, image encodes batched across requests.
+
+The ingress names the model with `handle.options(multiplexed_model_id=...)`; Serve routes to a replica that has it
+loaded and splits batches by model id, so one batch always runs on one model.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from ray import serve
+
+from biomedclip.serving.config import ServingConfig
+from biomedclip.serving.engine import ClipEngine, rank_labels
+from biomedclip.serving.prompt_cache import PromptCache
+
+logger = logging.getLogger("ray.serve")
+
+
+class ClipModel:
+    def __init__(self, config: ServingConfig):
+        missing = {mid: path for mid, path in config.models.items() if not Path(path).is_dir()}
+        if missing:
+            raise FileNotFoundError(f"model artifact directories not found: {missing}")
+        self.config = config
+        self.device = "cuda" if config.clip.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.prompt_cache = PromptCache(config.prompt_cache_size)
+        self.fatal_error: str | None = None
+        self.batch_sizes: Counter[int] = Counter()
+        # Wrapped here rather than at class level so that the config sets the limit; Serve wants a plain function.
+        self.engine = serve.multiplexed(max_num_models_per_replica=config.max_models_per_replica)(self._loader())
+        batching = config.batching
+        self._encode_batch = serve.batch(max_batch_size=batching.max_batch_size,
+                                         batch_wait_timeout_s=batching.batch_wait_timeout_s)(self._encode_images)
+
+    def _loader(self):
+        models, device = self.config.models, self.device
+
+        async def load(model_id: str) -> ClipEngine:
+            logger.info("loading model %r from %s on %s", model_id, models[model_id], device)
+            return await asyncio.to_thread(ClipEngine, model_id, models[model_id], device)
+
+        return load
+
+    def _model_id(self) -> str:
+        model_id = serve.get_multiplexed_model_id() or self.config.default_model_id
+        if model_id not in self.config.models:
+            raise KeyError(f"unknown model id {model_id!r}")
+        return model_id
+
+    async def _encode_images(self, images: list[Image.Image]) -> list[np.ndarray]:
+        """One batch of images, all for the same model (Serve splits batches by model id)."""
+        engine = await self.engine(self._model_id())
+        self.batch_sizes[len(images)] += 1
+        return list(engine.encode_images(images))
+
+    async def _guarded(self, fn, *args):
+        """Runs model work off the event loop; a failure there (device lost, out of memory) marks the replica
+        unhealthy so that Serve replaces it."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except RuntimeError as err:
+            self.fatal_error = f"{type(err).__name__}: {err}"
+            raise
+
+    async def zero_shot(self, image: Image.Image, labels: list[str], templates: list[str] | None) -> dict:
+        model_id = self._model_id()
+        engine = await self.engine(model_id)
+        templates = templates or self.config.templates
+        image_features = await self._encode_batch(image)
+        label_features = await self._label_features(engine, labels, templates)
+        return {"model": model_id, "labels": rank_labels(image_features, label_features, engine.logit_scale, labels)}
+
+    async def _label_features(self, engine: ClipEngine, labels: list[str], templates: list[str]) -> np.ndarray:
+        key = (engine.model_id, tuple(labels), tuple(templates))
+        features = self.prompt_cache.get(key)
+        if features is None:
+            features = await self._guarded(engine.label_features, labels, templates)
+            self.prompt_cache.put(key, features)
+        return features
+
+    async def embed(self, images: list[Image.Image], texts: list[str]) -> dict:
+        model_id = self._model_id()
+        engine = await self.engine(model_id)
+        image_features = await asyncio.gather(*(self._encode_batch(image) for image in images))
+        text_features = await self._guarded(engine.encode_texts, texts) if texts else []
+        return {"model": model_id, "dim": engine.model.config.embed_dim,
+                "image_embeddings": [f.tolist() for f in image_features],
+                "text_embeddings": [f.tolist() for f in text_features]}
+
+    async def describe(self) -> dict:
+        engine = await self.engine(self._model_id())
+        return {**engine.describe(), "default": engine.model_id == self.config.default_model_id}
+
+    def stats(self) -> dict:
+        """Prompt-cache counters and how many batches of each size this replica ran."""
+        return {"prompt_cache": self.prompt_cache.stats(), "batch_sizes": dict(self.batch_sizes)}
+
+    def check_health(self) -> None:
+        if self.fatal_error is not None:
+            raise RuntimeError(f"model replica failed and needs replacing: {self.fatal_error}")
+        if self.device == "cuda":
+            torch.cuda.synchronize()  # raises when the device is lost
+
+
+def clip_deployment(config: ServingConfig):
+    return serve.deployment(ClipModel, name="ClipModel", **config.clip.deployment_options())

@@ -1,0 +1,48 @@
+"""The VQA model deployment, batched across requests. Built only when a VQA artifact is configured.
+
+It holds a predictor from `biomedclip.vqa.artifact.load_vqa_predictor(dir, device)`, whose
+`predict(images, questions) -> [{"answer", "confidence", "answer_type"}]` answers a batch. The import happens in the
+replica, so the rest of the service runs without the VQA package.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import torch
+from PIL import Image
+from ray import serve
+
+from biomedclip.serving.config import ServingConfig
+
+
+class VqaModel:
+    def __init__(self, config: ServingConfig):
+        from biomedclip.vqa.artifact import load_vqa_predictor
+
+        device = "cuda" if config.vqa.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.predictor = load_vqa_predictor(config.vqa_artifact, device=device)
+        self.fatal_error: str | None = None
+        batching = config.batching
+        self._answer_batch = serve.batch(max_batch_size=batching.max_batch_size,
+                                         batch_wait_timeout_s=batching.batch_wait_timeout_s)(self._predict)
+
+    async def _predict(self, items: list[tuple[Image.Image, str]]) -> list[dict]:
+        images, questions = (list(column) for column in zip(*items))
+        try:
+            answers = await asyncio.to_thread(self.predictor.predict, images, questions)
+        except RuntimeError as err:
+            self.fatal_error = f"{type(err).__name__}: {err}"
+            raise
+        return [{"answer": str(a["answer"]), "confidence": float(a["confidence"]),
+                 "answer_type": str(a["answer_type"])} for a in answers]
+
+    async def answer(self, image: Image.Image, question: str) -> dict:
+        return await self._answer_batch((image, question))
+
+    def check_health(self) -> None:
+        if self.fatal_error is not None:
+            raise RuntimeError(f"VQA replica failed and needs replacing: {self.fatal_error}")
+
+
+def vqa_deployment(config: ServingConfig):
+    return serve.deployment(VqaModel, name="VqaModel", **config.vqa.deployment_options())

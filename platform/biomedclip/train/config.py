@@ -1,0 +1,79 @@
+"""The pretraining job's config: model, data, training and run sections, loaded with `biomedclip.config.load_config`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from biomedclip.config import ConfigError
+from biomedclip.model import ModelConfig
+from biomedclip.train.curriculum import Stage, check_order
+from biomedclip.train.optim import OptimConfig
+
+
+@dataclass
+class DataSection:
+    path: str = ""  # directory or s3://bucket/prefix holding train/ and val/ Parquet shards
+    s3_endpoint: str | None = None  # e.g. http://127.0.0.1:9000 for a local S3
+    micro_batch: int = 32  # pairs per worker per forward pass
+    augment: bool = True  # RandomResizedCrop for training images (random crops are not replayed on resume)
+    shuffle_buffer: int = 256  # rows in each worker's seeded local shuffle buffer; 0: no shuffle
+    map_batch_size: int = 64  # rows per decode/tokenise task
+    map_tasks: int | None = None  # parallel preprocessing tasks; None: as many as Ray schedules
+    preserve_order: bool = True  # deterministic block order and split, so a resumed epoch sees the same rows
+    tokenizer_dir: str | None = None  # None: train a WordPiece vocabulary on the train captions at job start
+    vocab_size: int = 30522  # size of the trained vocabulary
+
+    def __post_init__(self) -> None:
+        if self.micro_batch <= 0:
+            raise ConfigError(f"data.micro_batch: must be positive, got {self.micro_batch}")
+
+
+@dataclass
+class TrainSection:
+    epochs: int = 32
+    curriculum: list[Stage] = field(default_factory=lambda: [Stage(global_batch=4096)])
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    unmasked_epochs: int = 0  # last epochs trained with patch dropout off
+    bf16: bool = False
+    seed: int = 0
+    log_every_steps: int = 10
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0:
+            raise ConfigError(f"train.epochs: must be positive, got {self.epochs}")
+        if not 0 <= self.unmasked_epochs <= self.epochs:
+            raise ConfigError(f"train.unmasked_epochs: {self.unmasked_epochs} is not in [0, epochs={self.epochs}]")
+        check_order(self.curriculum)
+
+
+@dataclass
+class RunSection:
+    name: str = "pretrain"
+    output_dir: str = "runs/pretrain"  # local: tokenizer, TensorBoard logs, curves, exported model
+    storage_path: str | None = None  # checkpoints: local path or s3://bucket/prefix; None: <output_dir>/checkpoints
+    s3_endpoint: str | None = None
+    num_workers: int | tuple[int, int] = 2  # fixed, or [min, max] for elastic training
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 0
+    checkpoint_every_steps: int = 0  # 0: at the end of each epoch only
+    keep_checkpoints: int | None = 3
+    stop_at_step: int | None = None  # end after the checkpoint at this step; rerun the same command to resume
+    mlflow_tracking_uri: str | None = None  # also log to MLflow (needs the mlflow package)
+    export: bool = True  # write the final model as an artifact and in open_clip's layout
+
+    def __post_init__(self) -> None:
+        sizes = self.worker_range
+        if sizes[0] < 1 or sizes[0] > sizes[1]:
+            raise ConfigError(f"run.num_workers: {self.num_workers} is not a positive count or [min, max] range")
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        return (self.num_workers, self.num_workers) if isinstance(self.num_workers, int) else tuple(self.num_workers)
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    run: RunSection = field(default_factory=RunSection)

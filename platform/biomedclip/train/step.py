@@ -1,0 +1,133 @@
+"""One contrastive step over W workers x k micro-batches whose gradient equals one step on the whole global batch.
+
+Pass 1 encodes every micro-batch without gradient (remembering each one's RNG state); the features of all workers
+are gathered and the loss is computed once, on leaf copies, which yields the gradient of every gathered feature and
+of the temperature. A feature's gradient has terms from every worker's rows, so the feature gradients are summed
+across workers and each worker keeps its own slice. Pass 2 re-encodes each micro-batch with gradient, replaying its
+RNG state (so patch dropout drops the same patches), and back-propagates the slice (DDP syncs only on the last one).
+
+Scale: each worker's loss is the mean over its rows and the global loss is the mean over workers, so the summed
+feature gradient is W x the global one; DDP's averaging divides by W again. The temperature's gradient is fed into
+the last micro-batch's backward through the forward's `logit_scale` output, so DDP averages it with the rest.
+
+Torch only (no Ray): the loop, the tests and the GPU benchmark share it.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from biomedclip.train.loss import local_logits, symmetric_cross_entropy, world
+
+MicroBatch = tuple[torch.Tensor, torch.Tensor]  # (pixels [m,3,H,W], token_ids [m,L])
+
+
+@dataclass
+class Precision:
+    """bf16 autocast on CUDA or CPU; bf16 needs no loss scaling, so there is no grad scaler."""
+    bf16: bool = False
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _rng_state(device: torch.device) -> tuple:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple, device: torch.device) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def _gather(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
+    if world_size == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world_size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def _sum_across_workers(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
+    if world_size > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def accumulate_gradients(model: nn.Module, micro_batches: list[MicroBatch], precision: Precision = Precision()) -> float:
+    """Adds the global-batch gradient to `.grad` of every parameter; returns the global-batch loss.
+
+    `model` is the BiomedCLIP, wrapped in DistributedDataParallel when several workers train. Every worker passes
+    micro-batches of the same sizes. Call `optimizer.zero_grad()` before and the optimizer step after.
+    """
+    rank, world_size = world()
+    if world_size > 1 and not isinstance(model, DistributedDataParallel):
+        raise ValueError("accumulate_gradients: with several workers the model must be wrapped in DistributedDataParallel")
+    device = next(model.parameters()).device
+    bare = unwrap(model)
+
+    rng_states, image_parts, text_parts = [], [], []
+    with torch.no_grad():
+        for pixels, token_ids in micro_batches:
+            rng_states.append(_rng_state(device))
+            with precision.autocast(device):
+                out = bare(pixels, token_ids)
+            image_parts.append(out["image_features"].float())
+            text_parts.append(out["text_features"].float())
+    rng_after_pass_1 = _rng_state(device)
+
+    local_images, local_texts = torch.cat(image_parts), torch.cat(text_parts)
+    all_images = _gather(local_images, world_size).requires_grad_()
+    all_texts = _gather(local_texts, world_size).requires_grad_()
+    scale = bare.logit_scale.detach().exp().requires_grad_()
+    rows = slice(rank * len(local_images), (rank + 1) * len(local_images))
+    logits_per_image, logits_per_text = local_logits(all_images[rows], all_texts[rows], scale, all_images, all_texts)
+    loss = symmetric_cross_entropy(logits_per_image, logits_per_text, offset=rows.start)
+    loss.backward()
+
+    feature_grads = _sum_across_workers(torch.cat([all_images.grad, all_texts.grad], dim=1), world_size)[rows]
+    image_grads, text_grads = feature_grads.split(local_images.shape[1], dim=1)
+    sizes = [len(part) for part in image_parts]
+    _backward_micro_batches(model, micro_batches, rng_states, image_grads.split(sizes), text_grads.split(sizes),
+                            scale.grad, precision, device)
+    _set_rng_state(rng_after_pass_1, device)
+    return _sum_across_workers(loss.detach(), world_size).item() / world_size
+
+
+def _backward_micro_batches(model, micro_batches, rng_states, image_grads, text_grads, scale_grad, precision, device):
+    last = len(micro_batches) - 1
+    for index, ((pixels, token_ids), state) in enumerate(zip(micro_batches, rng_states)):
+        _set_rng_state(state, device)
+        sync = index == last or not isinstance(model, DistributedDataParallel)
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with precision.autocast(device):
+                out = model(pixels, token_ids)
+            tensors = [out["image_features"], out["text_features"]]
+            grads = [image_grads[index].to(tensors[0].dtype), text_grads[index].to(tensors[1].dtype)]
+            if index == last:
+                tensors.append(out["logit_scale"])
+                grads.append(scale_grad.to(out["logit_scale"].dtype))
+            torch.autograd.backward(tensors, grads)
+
+
+def apply_update(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler=None, grad_clip: float | None = None) -> None:
+    """Clips (optional), steps the optimizer and the schedule, clears gradients and clamps the temperature."""
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    unwrap(model).clamp_logit_scale()

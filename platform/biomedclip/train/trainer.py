@@ -1,0 +1,113 @@
+"""Pretraining on Ray Train: tokenizer, datasets and checks on the driver, then a TorchTrainer, then the export.
+
+The tokenizer is trained on the train captions before the trainer starts (unless `data.tokenizer_dir` is given) and
+saved in the run's output directory; the model's vocabulary follows it. Checkpoints go to a local path or s3://.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import ray
+import ray.train
+from ray.data import DataContext
+from ray.train.torch import TorchTrainer
+
+from biomedclip.config import to_dict
+from biomedclip.data.train_input import count_rows, filesystem_for, iter_captions, training_datasets
+from biomedclip.model.artifact import load_artifact, save_artifact
+from biomedclip.model.export import export_open_clip
+from biomedclip.text import Tokenizer
+from biomedclip.train import curriculum
+from biomedclip.train.config import PretrainConfig
+from biomedclip.train.loop import train_loop_per_worker
+from biomedclip.train.tracking import require_mlflow
+
+
+@dataclass
+class PretrainResult:
+    result: ray.train.Result
+    artifact_dir: Path | None  # the final model (load_artifact), when exported
+    open_clip_dir: Path | None
+
+
+def prepare_tokenizer(cfg: PretrainConfig, output_dir: Path, progress: Callable[[str], None]) -> Tokenizer:
+    """The configured tokenizer, else the run's own from an earlier start (WordPiece training is not reproducible,
+    and a resumed run must keep its vocabulary), else one trained on the train captions now."""
+    context = cfg.model.text.context_length
+    saved = output_dir / "tokenizer"
+    if cfg.data.tokenizer_dir or (saved / "tokenizer.json").is_file():
+        source = Path(cfg.data.tokenizer_dir or saved)
+        progress(f"tokenizer: {source}")
+        tokenizer = Tokenizer.load(source, context)
+    else:
+        progress(f"training a {cfg.data.vocab_size}-token vocabulary on the train captions")
+        tokenizer = Tokenizer.train(iter_captions(cfg.data.path, cfg.data.s3_endpoint), cfg.data.vocab_size, context)
+    tokenizer.save(saved)
+    return tokenizer
+
+
+def check_curriculum(cfg: PretrainConfig, train_rows: int) -> None:
+    """Refuses, before any worker starts, a schedule that some allowed worker count cannot run."""
+    low, high = cfg.run.worker_range
+    for world_size in range(low, high + 1):
+        curriculum.plan(cfg.train.curriculum, cfg.train.epochs, cfg.data.micro_batch, world_size, train_rows)
+
+
+def build_trainer(cfg: PretrainConfig, tokenizer: Tokenizer, datasets: dict, train_rows: int) -> TorchTrainer:
+    run = cfg.run
+    storage_fs, storage_path = filesystem_for(run.storage_path or str(Path(run.output_dir) / "checkpoints"),
+                                              run.s3_endpoint)
+    ingest = ray.train.DataConfig.default_ingest_options()
+    ingest.preserve_order = cfg.data.preserve_order
+    low, high = run.worker_range
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": to_dict(cfg), "tokenizer_json": tokenizer.backend.to_str(),
+                           "train_rows": train_rows},
+        scaling_config=ray.train.ScalingConfig(num_workers=low if low == high else (low, high), use_gpu=run.use_gpu,
+                                               resources_per_worker={"CPU": run.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=run.name, storage_path=storage_path, storage_filesystem=storage_fs,
+            failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.keep_checkpoints)),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(execution_options=ingest),
+    )
+
+
+def export_final(checkpoint: ray.train.Checkpoint, output_dir: Path) -> tuple[Path, Path]:
+    """The last checkpoint as a model artifact and in open_clip's local-dir layout."""
+    with checkpoint.as_directory() as directory:
+        model, tokenizer = load_artifact(directory)
+    artifact = save_artifact(model, tokenizer, output_dir / "final")
+    return artifact, export_open_clip(model, tokenizer, output_dir / "open_clip")
+
+
+def run_pretraining(cfg: PretrainConfig, progress: Callable[[str], None] = print) -> PretrainResult:
+    output_dir = Path(cfg.run.output_dir).resolve()
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(output_dir)))
+    if cfg.run.mlflow_tracking_uri:
+        require_mlflow()
+    data_context = DataContext.get_current()
+    data_context.op_resource_reservation_enabled = False  # small clusters: let map tasks run in parallel
+    data_context.enable_progress_bars = sys.stdout.isatty()  # bars become log spam when redirected
+    train_rows = count_rows(cfg.data.path, "train", cfg.data.s3_endpoint)
+    check_curriculum(cfg, train_rows)
+    progress(f"{train_rows} training pairs")
+    tokenizer = prepare_tokenizer(cfg, output_dir, progress)
+    text = dataclasses.replace(cfg.model.text, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, text=text))
+    datasets = training_datasets(cfg.data.path, tokenizer, cfg.model.vision.image_size, augment=cfg.data.augment,
+                                 s3_endpoint=cfg.data.s3_endpoint, batch_size=cfg.data.map_batch_size,
+                                 tasks=cfg.data.map_tasks)
+    progress(f"training {cfg.train.epochs} epochs on {cfg.run.num_workers} workers (vocabulary {tokenizer.vocab_size})")
+    result = build_trainer(cfg, tokenizer, datasets, train_rows).fit()
+    artifact = open_clip_dir = None
+    if cfg.run.export and result.checkpoint is not None and cfg.run.stop_at_step is None:
+        artifact, open_clip_dir = export_final(result.checkpoint, output_dir)
+        progress(f"exported {artifact} and {open_clip_dir}")
+    return PretrainResult(result, artifact, open_clip_dir)

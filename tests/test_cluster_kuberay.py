@@ -1,0 +1,182 @@
+"""KubeRay manifests and the image recipe: structure, token auth, GPU groups that fit the job, paths that exist,
+and a RayService whose Serve config is serve/config.yaml."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+
+from biomedclip.config import load_config
+from biomedclip.serving.config import MODEL_DIR_ENV, AuthConfig
+from biomedclip.train.config import PretrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER = REPO / "cluster"
+IMAGE_ROOT = "/home/ray/biomedclip"  # where cluster/Dockerfile puts the repository
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+MANIFESTS = {"raycluster.yaml": "RayCluster", "rayjob-pretrain.yaml": "RayJob", "rayservice.yaml": "RayService"}
+CLUSTER_SPEC_KEY = {"RayCluster": None, "RayJob": "rayClusterSpec", "RayService": "rayClusterConfig"}
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((CLUSTER / name).read_text())
+
+
+def cluster_spec(manifest: dict) -> dict:
+    key = CLUSTER_SPEC_KEY[manifest["kind"]]
+    return manifest["spec"] if key is None else manifest["spec"][key]
+
+
+def pod_templates(spec: dict) -> list[dict]:
+    return [spec["headGroupSpec"]["template"]] + [group["template"] for group in spec["workerGroupSpecs"]]
+
+
+def containers(spec: dict) -> list[dict]:
+    return [c for template in pod_templates(spec) for c in template["spec"]["containers"]]
+
+
+def gpus(group: dict) -> int:
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    return int(limits.get("nvidia.com/gpu", 0))
+
+
+@pytest.fixture(params=sorted(MANIFESTS))
+def manifest(request) -> dict:
+    return load(request.param)
+
+
+def test_kind_and_api_version(manifest):
+    assert manifest["apiVersion"] == "ray.io/v1"
+    assert manifest["kind"] in MANIFESTS.values()
+    assert manifest["metadata"]["name"]
+
+
+def test_same_ray_and_project_image_everywhere(manifest):
+    spec = cluster_spec(manifest)
+    assert spec["rayVersion"] == ray.__version__
+    for container in containers(spec):
+        assert container["image"] == f"biomedclip:{VERSION}", container["name"]
+
+
+def test_token_auth_on_and_no_secret_values(manifest):
+    spec = cluster_spec(manifest)
+    assert spec["authOptions"]["mode"] == "token"
+    for container in containers(spec):
+        for env in container.get("env", []):
+            if re.search(r"TOKEN|KEY|SECRET|PASSWORD", env["name"]) and not env["name"].endswith("_DIR"):
+                assert "value" not in env and "secretKeyRef" in env["valueFrom"], env["name"]
+
+
+def test_in_tree_autoscaling_with_sane_bounds(manifest):
+    spec = cluster_spec(manifest)
+    assert spec["enableInTreeAutoscaling"] is True
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # the head only coordinates
+    for group in spec["workerGroupSpecs"]:
+        assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], group["groupName"]
+        container = group["template"]["spec"]["containers"][0]
+        assert container["resources"]["requests"] == container["resources"]["limits"], group["groupName"]
+        if gpus(group):
+            tolerated = {t["key"] for t in group["template"]["spec"].get("tolerations", [])}
+            assert "nvidia.com/gpu" in tolerated, group["groupName"]
+
+
+def test_raycluster_has_a100_and_v100_groups_of_8_gpus():
+    spec = load("raycluster.yaml")["spec"]
+    by_instance = {g["template"]["spec"]["nodeSelector"]["node.kubernetes.io/instance-type"]: g
+                   for g in spec["workerGroupSpecs"]}
+    assert set(by_instance) == {"p4d.24xlarge", "p3.16xlarge"}
+    assert all(gpus(group) == 8 for group in by_instance.values())
+    assert all(group["minReplicas"] == 0 for group in by_instance.values())  # scale from zero
+
+
+def entrypoint_args(manifest: dict) -> list[str]:
+    return shlex.split(manifest["spec"]["entrypoint"])
+
+
+def test_rayjob_runs_the_pretraining_job_with_a_valid_config():
+    args = entrypoint_args(load("rayjob-pretrain.yaml"))
+    assert args[:2] == ["python", "jobs/pretrain.py"]
+    assert (REPO / args[1]).is_file()
+    config = args[args.index("--config") + 1]
+    assert (REPO / config).is_file()
+    overrides = [args[i + 1] for i, arg in enumerate(args) if arg == "--set"]
+    cfg = load_config(PretrainConfig, REPO / config, overrides)  # unknown keys or bad values raise
+    assert cfg.data.path.startswith("s3://") and cfg.run.storage_path.startswith("s3://"), \
+        "on a cluster, data and checkpoints must be on storage every node reaches"
+
+
+def test_rayjob_cluster_fits_the_job():
+    manifest = load("rayjob-pretrain.yaml")
+    args = entrypoint_args(manifest)
+    cfg = load_config(PretrainConfig, REPO / args[args.index("--config") + 1])
+    spec = manifest["spec"]["rayClusterSpec"]
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["workingDir"] == IMAGE_ROOT  # the driver's relative paths
+    assert cfg.run.use_gpu
+    workers = cfg.run.worker_range[1]
+    gpu_groups = [g for g in spec["workerGroupSpecs"] if gpus(g)]
+    assert sum(gpus(g) * g["maxReplicas"] for g in gpu_groups) >= workers
+    for group in gpu_groups:  # one worker per GPU, its CPUs must fit on the node beside the others
+        cpus = float(group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+        assert gpus(group) * cfg.run.cpus_per_worker < cpus, group["groupName"]
+
+
+def test_rayservice_serve_config_is_serve_config_yaml():
+    serve_config = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
+    deployed = yaml.safe_load(load("rayservice.yaml")["spec"]["serveConfigV2"])
+    assert deployed["applications"] == serve_config["applications"]
+    # Only the bind address differs: loopback on a laptop, the pod's interface behind KubeRay's Service.
+    assert deployed["http_options"] == {**serve_config["http_options"], "host": "0.0.0.0"}
+    assert {k: v for k, v in deployed.items() if k != "http_options"} == \
+        {k: v for k, v in serve_config.items() if k != "http_options"}
+
+
+def test_rayservice_import_paths_resolve():
+    deployed = yaml.safe_load(load("rayservice.yaml")["spec"]["serveConfigV2"])
+    for app in deployed["applications"]:
+        module_name, attribute = app["import_path"].split(":")
+        path = REPO / (module_name.replace(".", "/") + ".py")
+        assert path.is_file(), app["import_path"]
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert callable(getattr(module, attribute)), app["import_path"]
+
+
+def test_rayservice_env_names_are_the_ones_the_library_reads():
+    spec = load("rayservice.yaml")["spec"]["rayClusterConfig"]
+    for container in containers(spec):
+        names = {env["name"] for env in container["env"]}
+        assert {MODEL_DIR_ENV, AuthConfig().key_env} <= names, container["name"]
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        model_dir = next(env["value"] for env in container["env"] if env["name"] == MODEL_DIR_ENV)
+        assert any(model_dir.startswith(mount + "/") for mount in mounts), container["name"]
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", (CLUSTER / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [tuple(line.split(None, 1)) for line in lines]
+
+
+def test_dockerfile_builds_the_project_on_the_ray_image():
+    instructions = dockerfile_instructions()
+    assert instructions[0] == ("FROM", f"rayproject/ray:{ray.__version__}-py311-gpu")
+    assert ("WORKDIR", IMAGE_ROOT) in instructions
+    copied = []
+    for op, rest in instructions:
+        if op == "COPY":
+            sources = [part for part in rest.split() if not part.startswith("--")][:-1]
+            copied += sources
+    assert copied and all((REPO / source).exists() for source in copied), copied
+    assert {"platform", "jobs", "serve", "pyproject.toml"} <= set(copied)
+    assert any(op == "RUN" and "pip install" in rest for op, rest in instructions)
+    env = " ".join(rest for op, rest in instructions if op in ("ENV", "ARG"))
+    assert f"PYTHONPATH={IMAGE_ROOT}" in env  # serve.app:build imports from the repository root
+    assert not re.search(r"AUTH_TOKEN|API_KEY|SECRET|PASSWORD", env)

@@ -1,0 +1,416 @@
+"""The inference service as it runs: a real Serve application on loopback, two tiny model artifacts, httpx clients
+and headless Chromium. Expected answers come from the same artifacts loaded in this process."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from biomedclip.model import ModelConfig, TextConfig, VisionConfig, build_model
+from biomedclip.model.artifact import save_artifact
+from biomedclip.serving import AuthConfig, BatchingConfig, LimitsConfig, ReplicaConfig, ServingConfig
+from biomedclip.serving.app import build_app
+from biomedclip.serving.engine import ClipEngine, rank_labels
+from tests.conftest import free_port
+from tests.helpers import train_tokenizer
+from tests.test_serve_units import CAPTIONS, png_claiming_size
+
+pytestmark = pytest.mark.slow  # one Serve application for the module: about a minute to start on 2 busy cores
+
+APP = "biomedclip_test"
+NO_VQA_APP = "biomedclip_test_novqa"  # a second, minimal application: the VQA endpoint without a VQA artifact
+API_KEY = "test-key-7f3a"
+KEY_FILE_ENV = "SERVE_TEST_API_KEY_FILE"
+LIMITS = LimitsConfig(max_image_bytes=300_000, max_labels=5, max_text_chars=60, max_images=3, max_texts=4)
+LABELS = ["chest x-ray", "brain mri", "liver histology"]
+# The controller drops a proxy that is not ready within 5 s; a busy 2-core machine can take longer than that.
+PATIENT_CONTROLLER = {"runtime_env": {"env_vars": {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60"}}}
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@dataclass
+class Service:
+    url: str
+    client: httpx.Client
+    engines: dict[str, ClipEngine]  # the same artifacts, loaded here as the oracle
+    config: ServingConfig
+    vqa_dir: Path | None  # None while biomedclip.vqa is not importable
+
+
+def make_artifact(directory: Path, seed: int) -> Path:
+    tokenizer = train_tokenizer(CAPTIONS)
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(embed_dim=64, vision=VisionConfig("vit-tiny", 224),
+                                    text=TextConfig("bert-tiny", 77, vocab_size=tokenizer.vocab_size)))
+    with torch.no_grad():
+        model.logit_scale.fill_(np.log(50.0))  # sharper than the init so that rankings are not all near-uniform
+    return save_artifact(model, tokenizer, directory)
+
+
+def make_vqa_artifact(directory: Path) -> Path | None:
+    try:
+        from biomedclip.vqa import AnswerVocab, FusionConfig, VQAModel, save_vqa_artifact
+    except ImportError:
+        return None
+    tokenizer = train_tokenizer(CAPTIONS + ["is there a fracture", "which side is abnormal"])
+    torch.manual_seed(2)
+    encoder = build_model(ModelConfig(embed_dim=64, vision=VisionConfig("vit-tiny", 224),
+                                      text=TextConfig("bert-tiny", 77, vocab_size=tokenizer.vocab_size)))
+    vocab = AnswerVocab(["yes", "no", "left lung", "fracture"])
+    model = VQAModel(encoder, FusionConfig(width=32, layers=1, heads=2, mlp_ratio=2.0, dropout=0.0), len(vocab))
+    return save_vqa_artifact(model.eval(), tokenizer, vocab, directory)
+
+
+def image_bytes(seed: int, size=(240, 200), fmt="PNG") -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def expected_ranking(engine: ClipEngine, data: bytes, labels: list[str], templates: list[str]) -> list[dict]:
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    features = engine.encode_images([image])[0]
+    return rank_labels(features, engine.label_features(labels, templates), engine.logit_scale, labels)
+
+
+def assert_same_ranking(got: list[dict], expected: list[dict]) -> None:
+    assert [row["label"] for row in got] == [row["label"] for row in expected]
+    np.testing.assert_allclose([r["probability"] for r in got], [r["probability"] for r in expected], atol=1e-4)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def multipart(data: bytes, **fields) -> dict:
+    return {"files": {"image": ("scan.png", data, "image/png")}, "data": fields}
+
+
+@pytest.fixture(scope="module")
+def service(ray_session, tmp_path_factory):
+    from ray import serve
+
+    root = tmp_path_factory.mktemp("serve")
+    models = {"alpha": make_artifact(root / "alpha", seed=0), "beta": make_artifact(root / "beta", seed=1)}
+    vqa_dir = make_vqa_artifact(root / "vqa")
+    (root / "api_key").write_text(API_KEY + "\n")
+    os.environ[KEY_FILE_ENV] = str(root / "api_key")  # the builder passes the file's path on to the ingress
+    small = dict(batching=BatchingConfig(max_batch_size=8, batch_wait_timeout_s=0.1), limits=LIMITS,
+                 auth=AuthConfig(key_env="SERVE_TEST_API_KEY_UNSET", key_file_env=KEY_FILE_ENV),
+                 ingress=ReplicaConfig(num_cpus=0.1), vqa=ReplicaConfig(num_cpus=0.2))
+    config = ServingConfig(models={name: str(path) for name, path in models.items()}, default_model="alpha",
+                           vqa_artifact=vqa_dir and str(vqa_dir), clip=ReplicaConfig(num_cpus=0.25), **small)
+    no_vqa = ServingConfig(models={"alpha": str(models["alpha"])}, clip=ReplicaConfig(num_cpus=0.1), **small)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options=PATIENT_CONTROLLER)
+    serve.run_many([serve.RunTarget(build_app(config), name=APP, route_prefix="/"),
+                    serve.RunTarget(build_app(no_vqa), name=NO_VQA_APP, route_prefix="/novqa")])
+    url = f"http://127.0.0.1:{port}"
+    client = httpx.Client(base_url=url, headers={"X-API-Key": API_KEY}, timeout=120)
+    engines = {name: ClipEngine(name, path) for name, path in models.items()}
+    try:
+        yield Service(url, client, engines, config, vqa_dir)
+    finally:
+        client.close()
+        serve.shutdown()
+        os.environ.pop(KEY_FILE_ENV, None)
+
+
+def assert_serving(service: Service) -> None:
+    response = service.client.post("/v1/zero-shot", **multipart(image_bytes(0), labels=LABELS))
+    assert response.status_code == 200, response.text
+
+
+# --- endpoints ---
+
+def test_zero_shot_multipart_matches_the_model(service):
+    data = image_bytes(1)
+    response = service.client.post("/v1/zero-shot", **multipart(data, labels=LABELS))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "alpha"
+    probabilities = [row["probability"] for row in body["labels"]]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) == pytest.approx(1.0)
+    assert_same_ranking(body["labels"], expected_ranking(service.engines["alpha"], data, LABELS,
+                                                         service.config.templates))
+
+
+def test_zero_shot_json_with_templates_equals_multipart(service):
+    data = image_bytes(2, fmt="JPEG")
+    templates = ["a {} image", "{} from a patient"]
+    as_json = service.client.post("/v1/zero-shot", json={
+        "image_base64": base64.b64encode(data).decode(), "labels": LABELS, "templates": templates})
+    as_form = service.client.post("/v1/zero-shot", **multipart(data, labels=LABELS, templates=templates))
+    assert as_json.status_code == as_form.status_code == 200, (as_json.text, as_form.text)
+    assert as_json.json() == as_form.json()
+    assert_same_ranking(as_json.json()["labels"],
+                        expected_ranking(service.engines["alpha"], data, LABELS, templates))
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(service):
+    from ray import serve
+
+    images = [image_bytes(100 + i) for i in range(12)]
+
+    async def send_all():
+        async with httpx.AsyncClient(base_url=service.url, headers={"X-API-Key": API_KEY}, timeout=120) as client:
+            return await asyncio.gather(*(client.post("/v1/zero-shot", **multipart(d, labels=LABELS))
+                                          for d in images))
+
+    responses = asyncio.run(send_all())
+    for data, response in zip(images, responses):
+        assert response.status_code == 200, response.text
+        assert_same_ranking(response.json()["labels"], expected_ranking(service.engines["alpha"], data, LABELS,
+                                                                        service.config.templates))
+    stats = serve.get_deployment_handle("ClipModel", APP).stats.remote().result()
+    assert max(stats["batch_sizes"]) > 1, stats
+    assert stats["prompt_cache"]["hits"] >= 11  # one label set: computed once, then served from the cache
+
+
+def test_models_are_multiplexed_by_id(service):
+    data = image_bytes(3)
+    answers = {}
+    for name in ("alpha", "beta"):
+        response = service.client.post("/v1/zero-shot", **multipart(data, labels=LABELS, model=name))
+        assert response.status_code == 200, response.text
+        answers[name] = response.json()
+        assert answers[name]["model"] == name
+        assert_same_ranking(answers[name]["labels"],
+                            expected_ranking(service.engines[name], data, LABELS, service.config.templates))
+    assert answers["alpha"]["labels"] != answers["beta"]["labels"]
+    models = service.client.get("/v1/models").json()
+    assert models["default"] == "alpha" and models["vqa_available"] is (service.vqa_dir is not None)
+    assert [(m["id"], m["default"], m["embed_dim"]) for m in models["models"]] == [("alpha", True, 64),
+                                                                                 ("beta", False, 64)]
+
+
+def test_embed_images_and_texts(service):
+    images, texts = [image_bytes(4), image_bytes(5, fmt="JPEG")], ["chest x-ray", "a liver histology slide"]
+    files = [("image", (f"{i}.img", data, "application/octet-stream")) for i, data in enumerate(images)]
+    response = service.client.post("/v1/embed", files=files, data={"texts": texts, "model": "beta"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "beta" and body["dim"] == 64
+    engine = service.engines["beta"]
+    for data, got in zip(images, body["image_embeddings"]):
+        want = engine.encode_images([Image.open(io.BytesIO(data)).convert("RGB")])[0]
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(body["text_embeddings"], engine.encode_texts(texts), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(body["image_embeddings"] + body["text_embeddings"], axis=1), 1.0,
+                               atol=1e-5)
+    texts_only = service.client.post("/v1/embed", json={"texts": texts}).json()
+    assert texts_only["image_embeddings"] == [] and len(texts_only["text_embeddings"]) == 2
+    images_only = service.client.post("/v1/embed", json={"images_base64": [base64.b64encode(images[0]).decode()]})
+    assert len(images_only.json()["image_embeddings"]) == 1
+
+
+def test_health_docs_and_page_need_no_key(service):
+    with httpx.Client(base_url=service.url, timeout=60) as anonymous:
+        assert anonymous.get("/healthz").json()["status"] == "ok"
+        assert "swagger" in anonymous.get("/docs").text.lower()
+        paths = anonymous.get("/openapi.json").json()["paths"]
+        assert {"/v1/zero-shot", "/v1/vqa", "/v1/embed", "/v1/models", "/healthz"} <= set(paths)
+        assert "multipart/form-data" in paths["/v1/zero-shot"]["post"]["requestBody"]["content"]
+        page = anonymous.get("/")
+        assert page.status_code == 200 and 'id="chart"' in page.text
+
+
+def test_vqa_without_an_artifact_is_503(service):
+    response = service.client.post("/novqa/v1/vqa", **multipart(image_bytes(6), question="Is there a fracture?"))
+    assert response.status_code == 503
+    assert response.json()["error"]["field"] == "vqa" and "no VQA model" in response.json()["error"]["message"]
+    assert service.client.get("/novqa/v1/models").json()["vqa_available"] is False
+
+
+def test_vqa_answers_like_the_predictor(service):
+    artifact = pytest.importorskip("biomedclip.vqa.artifact")
+    predictor = artifact.load_vqa_predictor(service.vqa_dir)
+    images = [image_bytes(300 + i) for i in range(6)]
+    questions = ["Is there a fracture?", "Which side is abnormal?", "Is this normal?"] * 2
+
+    async def ask_all():
+        async with httpx.AsyncClient(base_url=service.url, headers={"X-API-Key": API_KEY}, timeout=120) as client:
+            return await asyncio.gather(*(client.post("/v1/vqa", **multipart(d, question=q))
+                                          for d, q in zip(images, questions)))
+
+    expected = predictor.predict([Image.open(io.BytesIO(d)).convert("RGB") for d in images], questions)
+    for response, want in zip(asyncio.run(ask_all()), expected):
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["answer"] == want["answer"] and body["answer_type"] == want["answer_type"]
+        assert body["answer_type"] == ("closed" if body["answer"] in ("yes", "no") else "open")
+        assert body["confidence"] == pytest.approx(want["confidence"], abs=1e-5)
+    as_json = service.client.post("/v1/vqa", json={"image_base64": _b64(images[0]), "question": questions[0]})
+    assert as_json.json()["answer"] == expected[0]["answer"]
+    for question, field in [("", "question"), ("q" * 61, "question")]:
+        response = service.client.post("/v1/vqa", **multipart(images[0], question=question))
+        assert response.status_code == 422 and response.json()["error"]["field"] == field
+    missing = service.client.post("/v1/vqa", **multipart(images[0]))
+    assert missing.status_code == 422 and missing.json()["error"]["field"] == "question"
+
+
+# --- auth ---
+
+def test_requests_without_the_key_get_401(service):
+    data = image_bytes(7)
+    with httpx.Client(base_url=service.url, timeout=60) as anonymous:
+        for method, path, kwargs in [("POST", "/v1/zero-shot", multipart(data, labels=LABELS)),
+                                     ("POST", "/v1/embed", {"json": {"texts": ["x"]}}),
+                                     ("POST", "/v1/vqa", multipart(data, question="q?")),
+                                     ("GET", "/v1/models", {})]:
+            response = anonymous.request(method, path, **kwargs)
+            assert response.status_code == 401, (path, response.text)
+            assert response.json()["error"]["field"] == "api_key"
+        wrong = anonymous.post("/v1/embed", json={"texts": ["x"]}, headers={"X-API-Key": "wrong"})
+        assert wrong.status_code == 401 and "wrong" in wrong.json()["error"]["message"]
+        bearer = anonymous.post("/v1/embed", json={"texts": ["x"]}, headers={"Authorization": f"Bearer {API_KEY}"})
+        assert bearer.status_code == 200
+
+
+# --- bad input: each a 4xx JSON error naming the field; the service keeps serving ---
+
+GOOD = image_bytes(8, fmt="JPEG")
+BAD_REQUESTS = {
+    "not an image": ("/v1/zero-shot", multipart(b"GIF89 but not really", labels=LABELS), 422, "image"),
+    "truncated image": ("/v1/zero-shot", multipart(GOOD[: len(GOOD) // 2], labels=LABELS), 422, "image"),
+    "decompression bomb": ("/v1/zero-shot", multipart(png_claiming_size(9_000, 9_000), labels=LABELS), 422, "image"),
+    "image over the byte limit": ("/v1/zero-shot", multipart(b"\xff" * 400_000, labels=LABELS), 413, "image"),
+    "body over the byte limit": ("/v1/zero-shot", multipart(b"\xff" * 900_000, labels=LABELS), 413, "body"),
+    "base64 image over the limit": ("/v1/zero-shot", {"json": {"image_base64": "A" * 500_000, "labels": LABELS}},
+                                    413, "image_base64"),
+    "invalid base64": ("/v1/zero-shot", {"json": {"image_base64": "@@@", "labels": LABELS}}, 422, "image_base64"),
+    "file in the wrong field": ("/v1/zero-shot", {"data": {"labels": LABELS}, "files": {"other": ("x", b"x")}}, 422,
+                               "other"),
+    "no image field": ("/v1/zero-shot", {"json": {"labels": LABELS}}, 422, "image_base64"),
+    "no labels": ("/v1/zero-shot", multipart(GOOD), 422, "labels"),
+    "empty labels list": ("/v1/zero-shot", {"json": {"image_base64": _b64(GOOD), "labels": []}}, 422, "labels"),
+    "too many labels": ("/v1/zero-shot", multipart(GOOD, labels=[f"label {i}" for i in range(6)]), 422, "labels"),
+    "empty label": ("/v1/zero-shot", multipart(GOOD, labels=["chest x-ray", " "]), 422, "labels[1]"),
+    "over-long label": ("/v1/zero-shot", multipart(GOOD, labels=["x" * 61, "y"]), 422, "labels[0]"),
+    "duplicate labels": ("/v1/zero-shot", multipart(GOOD, labels=["a", "a"]), 422, "labels"),
+    "template without slot": ("/v1/zero-shot", multipart(GOOD, labels=LABELS, templates=["no slot"]), 422,
+                              "templates"),
+    "unknown form field": ("/v1/zero-shot", multipart(GOOD, label="singular"), 422, "label"),
+    "unknown model id": ("/v1/zero-shot", multipart(GOOD, labels=LABELS, model="gamma"), 404, "model"),
+    "unknown model id (embed)": ("/v1/embed", {"json": {"texts": ["x"], "model": "gamma"}}, 404, "model"),
+    "wrong content type": ("/v1/zero-shot", {"content": b"labels=a", "headers": {"content-type": "text/plain"}},
+                           415, "content-type"),
+    "no content type": ("/v1/embed", {"content": b"{}"}, 415, "content-type"),
+    "invalid JSON": ("/v1/zero-shot", {"content": b"{not json", "headers": {"content-type": "application/json"}},
+                     422, "body"),
+    "unknown JSON key": ("/v1/embed", {"json": {"texts": ["x"], "image": "y"}}, 422, "image"),
+    "labels not a list": ("/v1/zero-shot", {"json": {"image_base64": _b64(GOOD), "labels": 3}}, 422, "labels"),
+    "nothing to embed": ("/v1/embed", {"json": {"texts": []}}, 422, "image/texts"),
+    "empty text": ("/v1/embed", {"json": {"texts": ["ok", ""]}}, 422, "texts[1]"),
+    "over-long text": ("/v1/embed", {"json": {"texts": ["z" * 61]}}, 422, "texts[0]"),
+    "too many texts": ("/v1/embed", {"json": {"texts": list("abcde")}}, 422, "texts"),
+    "too many images": ("/v1/embed", {"files": [("image", (f"{i}.jpg", GOOD)) for i in range(4)]}, 400, None),
+    "bad image among several": ("/v1/embed", {"files": [("image", ("0.jpg", GOOD)), ("image", ("1.jpg", b"no"))]},
+                                422, "image[1]"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_input_gets_a_4xx_json_error(service, case):
+    path, kwargs, status, field = BAD_REQUESTS[case]
+    response = service.client.post(path, **kwargs)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["status"] == status and error["field"] == field and error["message"]
+    assert "Traceback" not in response.text
+    assert_serving(service)
+
+
+def test_wrong_method_and_path_are_json_errors(service):
+    for response in (service.client.get("/v1/zero-shot"), service.client.get("/v2/nothing")):
+        assert response.status_code in (404, 405) and "error" in response.json()
+
+
+# --- the web page, in headless Chromium ---
+
+def test_web_page_answers_and_shows_errors(service, tmp_path):
+    if not CHROMIUM.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing in CI (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    data = image_bytes(9)
+    (tmp_path / "scan.png").write_bytes(data)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(service.url + "/")
+            page.fill("#api-key", API_KEY)
+            page.press("#api-key", "Tab")  # change event: the page lists the models
+            page.wait_for_selector("#model option[value=beta]", state="attached")
+            page.select_option("#model", "beta")
+            page.set_input_files("#image", str(tmp_path / "scan.png"))
+            page.fill("#labels", "chest x-ray\nbrain mri, liver histology")
+            page.click("#submit")
+            page.wait_for_selector("#result[data-state=done]", timeout=60_000)
+            bars = page.eval_on_selector_all(
+                "#chart g.bar", "els => els.map(e => ({label: e.dataset.label, probability: +e.dataset.probability}))")
+            page.screenshot(path=str(tmp_path / "zero_shot.png"), full_page=True)
+            expected = expected_ranking(service.engines["beta"], data, LABELS, service.config.templates)
+            assert [b["label"] for b in bars] == [e["label"] for e in expected]
+            np.testing.assert_allclose([b["probability"] for b in bars], [e["probability"] for e in expected],
+                                       atol=1e-3)
+            assert page.text_content("#answer") == f"Most likely: {expected[0]['label']}"
+
+            page.fill("#labels", " , ")
+            page.click("#submit")
+            page.wait_for_selector("#result[data-state=error]", timeout=60_000)
+            assert "labels: none given" in page.text_content("#status")
+
+            if service.vqa_dir is not None:
+                from biomedclip.vqa.artifact import load_vqa_predictor
+
+                want = load_vqa_predictor(service.vqa_dir).predict([Image.open(io.BytesIO(data)).convert("RGB")],
+                                                                   ["Is there a fracture?"])[0]
+                page.check("#mode-vqa")
+                page.fill("#question", "Is there a fracture?")
+                page.click("#submit")
+                page.wait_for_selector("#result[data-state=done]", timeout=60_000)
+                assert page.text_content("#answer") == f"Answer: {want['answer']} ({want['answer_type']})"
+                bar = page.eval_on_selector("#chart g.bar", "e => +e.dataset.probability")
+                assert bar == pytest.approx(want["confidence"], abs=1e-3)
+                page.screenshot(path=str(tmp_path / "vqa.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (tmp_path / "zero_shot.png").stat().st_size > 5_000
+
+
+# --- a replica that dies is replaced and requests keep being answered (runs last: it disturbs the app) ---
+
+def test_killed_model_replica_is_replaced_and_requests_are_answered(service):
+    import ray
+
+    def replica_names() -> set[str]:
+        return {actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
+                if actor["name"].startswith(f"SERVE_REPLICA::{APP}#ClipModel")}
+
+    before = replica_names()
+    assert len(before) == 1, before
+    ray.kill(ray.get_actor(next(iter(before)), namespace="serve"), no_restart=True)
+    for seed in range(3):
+        data = image_bytes(200 + seed)
+        response = service.client.post("/v1/zero-shot", **multipart(data, labels=LABELS))
+        assert response.status_code == 200, response.text
+        assert_same_ranking(response.json()["labels"], expected_ranking(service.engines["alpha"], data, LABELS,
+                                                                        service.config.templates))
+    after = replica_names()
+    assert after and not (after & before), (before, after)

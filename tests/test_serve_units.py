@@ -1,0 +1,233 @@
+"""Serving pieces that need no Ray: input validation, auth, the prompt cache, zero-shot ranking and the config."""
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from biomedclip.config import ConfigError, from_dict
+from biomedclip.model import ModelConfig, TextConfig, VisionConfig, build_model
+from biomedclip.model.artifact import save_artifact
+from biomedclip.model.transforms import eval_transform
+from biomedclip.serving.auth import AuthError, check_api_key, read_api_key
+from biomedclip.serving.config import AuthConfig, LimitsConfig, ServingConfig
+from biomedclip.serving.engine import ClipEngine, rank_labels
+from biomedclip.serving.errors import RequestError
+from biomedclip.serving.prompt_cache import PromptCache
+from biomedclip.serving.validation import check_templates, check_text, check_texts, decode_base64, decode_image
+from biomedclip.text import Tokenizer
+
+LIMITS = LimitsConfig(max_image_bytes=50_000, max_image_pixels=1_000_000, max_labels=3, max_text_chars=20)
+CAPTIONS = ["chest x-ray with pneumonia", "brain mri showing a tumour", "liver histology slide",
+            "abdominal ct scan", "skin lesion photograph"] * 4
+
+
+def png_bytes(size=(64, 48), color=(200, 40, 40), mode="RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes(size=(64, 48)) -> bytes:
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A tiny valid PNG whose header claims width x height pixels (how decompression bombs start)."""
+    data = bytearray(png_bytes((1, 1)))
+    ihdr = 8 + 8  # signature, then the IHDR chunk's length + type
+    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr - 4:ihdr + 13]))
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def refused(fn, *args, **kwargs) -> RequestError:
+    with pytest.raises(RequestError) as info:
+        fn(*args, **kwargs)
+    return info.value
+
+
+# --- images ---
+
+def test_decode_image_gives_rgb_for_png_jpeg_and_greyscale():
+    for data in (png_bytes(), jpeg_bytes(), png_bytes(mode="L", color=128)):
+        image = decode_image(data, LIMITS)
+        assert image.mode == "RGB" and image.size == (64, 48)
+
+
+def test_not_an_image_is_refused_with_422():
+    err = refused(decode_image, b"%PDF-1.4 this is not an image", LIMITS)
+    assert (err.status, err.field) == (422, "image") and "not an image" in err.message
+
+
+def test_truncated_image_is_refused_with_422():
+    data = jpeg_bytes((200, 200))
+    err = refused(decode_image, data[: len(data) // 2], LIMITS)
+    assert err.status == 422 and "truncated" in err.message
+
+
+def test_decompression_bombs_refused_from_the_header_alone():
+    err = refused(decode_image, png_claiming_size(9_000, 9_000), LIMITS)  # over our limit, under Pillow's
+    assert err.status == 422 and "9000x9000" in err.message and "bomb" in err.message
+    err = refused(decode_image, png_claiming_size(60_000, 60_000), LIMITS)  # Pillow's own guard fires in open()
+    assert err.status == 422 and "bomb" in err.message
+
+
+def test_pixel_limit_applies_to_real_images_too():
+    err = refused(decode_image, png_bytes((200, 200)), LimitsConfig(max_image_pixels=10_000))
+    assert err.status == 422 and "200x200" in err.message
+
+
+def test_image_over_byte_limit_is_413_and_empty_is_422():
+    assert refused(decode_image, b"\0" * 50_001, LIMITS).status == 413
+    assert refused(decode_image, b"", LIMITS).status == 422
+
+
+def test_base64_decoding_and_its_errors():
+    data = png_bytes()
+    assert decode_base64(base64.b64encode(data).decode(), LIMITS, "image_base64") == data
+    assert decode_base64("data:image/png;base64," + base64.b64encode(data).decode(), LIMITS, "x") == data
+    err = refused(decode_base64, "not base64 !!", LIMITS, "image_base64")
+    assert (err.status, err.field) == (422, "image_base64")
+    assert refused(decode_base64, "A" * 80_000, LIMITS, "image_base64").status == 413
+
+
+# --- texts ---
+
+def test_labels_are_stripped_and_bounded():
+    assert check_texts([" a ", "b"], "labels", LIMITS, LIMITS.max_labels) == ["a", "b"]
+    assert "none given" in refused(check_texts, [], "labels", LIMITS, 3).message
+    assert "limit is 3" in refused(check_texts, list("abcd"), "labels", LIMITS, 3).message
+    err = refused(check_texts, ["a", "  "], "labels", LIMITS, 3)
+    assert err.field == "labels[1]" and "empty" in err.message
+    err = refused(check_texts, ["a", "x" * 21], "labels", LIMITS, 3)
+    assert err.field == "labels[1]" and "21 characters" in err.message
+    assert "more than once" in refused(check_texts, ["a", "a"], "labels", LIMITS, 3, unique=True).message
+
+
+def test_question_and_templates():
+    assert check_text("  Is it? ", "question", LIMITS) == "Is it?"
+    assert refused(check_text, "", "question", LIMITS).field == "question"
+    assert refused(check_text, 3, "question", LIMITS).status == 422
+    assert check_templates(["a {} b"], LIMITS) == ["a {} b"]
+    assert "'{}'" in refused(check_templates, ["no slot"], LIMITS).message
+
+
+# --- auth ---
+
+def test_api_key_from_env_then_file(tmp_path, monkeypatch):
+    auth = AuthConfig(key_env="T_KEY", key_file_env="T_KEY_FILE")
+    monkeypatch.delenv("T_KEY", raising=False)
+    monkeypatch.delenv("T_KEY_FILE", raising=False)
+    assert read_api_key(auth) is None
+    (tmp_path / "key").write_text("from-file\n")
+    monkeypatch.setenv("T_KEY_FILE", str(tmp_path / "key"))
+    assert read_api_key(auth) == "from-file"
+    monkeypatch.setenv("T_KEY", "from-env")
+    assert read_api_key(auth) == "from-env"
+    monkeypatch.delenv("T_KEY")
+    (tmp_path / "key").write_text("  ")
+    with pytest.raises(AuthError, match="empty"):
+        read_api_key(auth)
+    monkeypatch.setenv("T_KEY_FILE", str(tmp_path / "missing"))
+    with pytest.raises(AuthError, match="missing"):
+        read_api_key(auth)
+
+
+def test_check_api_key_headers():
+    check_api_key(None, {})
+    check_api_key("k1", {"x-api-key": "k1"})
+    check_api_key("k1", {"authorization": "Bearer k1"})
+    for headers in ({}, {"x-api-key": "k2"}, {"authorization": "Basic k1"}, {"authorization": "Bearer "}):
+        assert refused(check_api_key, "k1", headers).status == 401
+
+
+# --- prompt cache ---
+
+def test_prompt_cache_counts_and_evicts_least_recently_used():
+    cache = PromptCache(capacity=2)
+    a, b, c = (("m", (name,), ("{}",)) for name in "abc")
+    assert cache.get(a) is None
+    cache.put(a, np.zeros(1))
+    cache.put(b, np.ones(1))
+    assert cache.get(a) is not None  # a is now the most recent
+    cache.put(c, np.ones(1))  # evicts b
+    assert cache.get(b) is None and cache.get(c) is not None
+    assert cache.stats() == {"entries": 2, "hits": 2, "misses": 2}
+
+
+# --- zero-shot maths against a brute-force oracle ---
+
+def test_rank_labels_matches_softmax_by_hand():
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=8)
+    image /= np.linalg.norm(image)
+    labels = rng.normal(size=(4, 8))
+    labels /= np.linalg.norm(labels, axis=1, keepdims=True)
+    ranked = rank_labels(image, labels, 30.0, ["w", "x", "y", "z"])
+    logits = [30.0 * float(np.dot(row, image)) for row in labels]
+    expected = {name: np.exp(v) / sum(np.exp(logits)) for name, v in zip("wxyz", logits)}
+    assert [r["label"] for r in ranked] == sorted(expected, key=expected.get, reverse=True)
+    for row in ranked:
+        assert row["probability"] == pytest.approx(expected[row["label"]], rel=1e-9)
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact(tmp_path_factory):
+    tokenizer = Tokenizer.train(CAPTIONS, vocab_size=300, context_length=77, min_frequency=1)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(embed_dim=64, vision=VisionConfig("vit-tiny", 224),
+                                    text=TextConfig("bert-tiny", 77, vocab_size=tokenizer.vocab_size)))
+    directory = save_artifact(model, tokenizer, tmp_path_factory.mktemp("artifact") / "model")
+    return directory, model.eval(), tokenizer
+
+
+def test_engine_label_features_are_prompt_ensembles(tiny_artifact):
+    directory, model, tokenizer = tiny_artifact
+    engine = ClipEngine("m", directory)
+    labels, templates = ["chest x-ray", "brain mri"], ["a photo of {}", "{} scan"]
+    features = engine.label_features(labels, templates)
+    with torch.no_grad():
+        for row, label in zip(features, labels):
+            prompts = torch.stack([model.encode_text(tokenizer([t.replace("{}", label)]))[0] for t in templates])
+            mean = prompts.mean(0)
+            np.testing.assert_allclose(row, (mean / mean.norm()).numpy(), atol=1e-5)
+    image = Image.open(io.BytesIO(jpeg_bytes((300, 240))))
+    with torch.no_grad():
+        expected = model.encode_image(eval_transform(224)(image.convert("RGB"))[None])[0].numpy()
+    np.testing.assert_allclose(engine.encode_images([image.convert("RGB")])[0], expected, atol=1e-5)
+    assert engine.logit_scale == pytest.approx(float(model.logit_scale.exp()))
+
+
+# --- config ---
+
+def test_serving_config_checks_and_resolves(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="default_model"):
+        ServingConfig(models={"a": "x"}, default_model="b")
+    with pytest.raises(ConfigError, match="templates"):
+        ServingConfig(templates=["no slot"])
+    with pytest.raises(ConfigError, match="min_replicas"):
+        from_dict(ServingConfig, {"clip": {"min_replicas": 3, "max_replicas": 2}})
+    with pytest.raises(ConfigError, match="batching.max_batch_size"):
+        from_dict(ServingConfig, {"batching": {"max_batch_size": 0}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        from_dict(ServingConfig, {"api_key": "secret"})
+    monkeypatch.delenv("BIOMEDCLIP_MODEL_DIR", raising=False)
+    monkeypatch.delenv("BIOMEDCLIP_VQA_DIR", raising=False)
+    config = ServingConfig(models={"a": "demo_out/model", "b": "/abs/b"}).resolved(tmp_path)
+    assert config.models == {"a": str(tmp_path / "demo_out/model"), "b": "/abs/b"} and config.vqa_artifact is None
+    monkeypatch.setenv("BIOMEDCLIP_MODEL_DIR", "/elsewhere/model")
+    monkeypatch.setenv("BIOMEDCLIP_VQA_DIR", "vqa")
+    config = ServingConfig(models={"a": "x", "b": "y"}, default_model="b").resolved(tmp_path)
+    assert config.models == {"a": str(tmp_path / "x"), "b": "/elsewhere/model"}
+    assert config.vqa_artifact == str(tmp_path / "vqa")
