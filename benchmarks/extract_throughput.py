@@ -1,11 +1,13 @@
 """Extraction throughput: figures/s of the whole Ray Data pipeline against the single-core decode+resize+encode rate
 of the same images times the cores used. Their ratio is the pipeline's parallel efficiency (goal >= 0.8).
 
-    python benchmarks/extract_throughput.py [--articles 240] [--image-size 900 1500] [--cpus N] [--workdir DIR]
+    python benchmarks/extract_throughput.py [--articles 300] [--image-size 900 1500] [--cpus N] [--corpus DIR]
 
 The corpus is the synthetic one at PMC-like figure sizes. The single-core rate is measured in this process just
-before and just after the pipeline run (their mean is used), so both see the same machine load. Ray workers are
-warmed up on a few articles first: a running cluster has its workers already started.
+before and just after the pipeline run (their mean is used), so both see similar machine load. Ray workers are
+warmed up on a few articles first: a running cluster has its workers already started. On a shared machine the
+wall-clock ratio also measures the scheduler's share; the CPU efficiency (CPU seconds of the decode work alone over
+CPU seconds of the whole Ray session, from /proc) does not depend on other load.
 """
 from __future__ import annotations
 
@@ -35,57 +37,83 @@ def figure_images(corpus: Path) -> list[bytes]:
     return images
 
 
-def single_core_rate(images: list[bytes], config: ImageConfig) -> float:
-    start = time.perf_counter()
+def single_core(images: list[bytes], config: ImageConfig) -> tuple[float, float]:
+    """(figures per wall second, CPU seconds per figure) of decode+resize+encode in this process."""
+    start, cpu = time.perf_counter(), time.process_time()
     for data in images:
         try:
             normalize_image(data, config)
         except Skipped:
             pass
-    return len(images) / (time.perf_counter() - start)
+    return len(images) / (time.perf_counter() - start), (time.process_time() - cpu) / len(images)
+
+
+def session_cpu_seconds(session: str) -> float:
+    """CPU seconds used so far by this Ray session's processes (Linux /proc) and by this driver."""
+    tick, total = os.sysconf("SC_CLK_TCK"), time.process_time()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if session.encode() not in cmdline.read():
+                    continue
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        except OSError:
+            continue
+    return total
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--articles", type=int, default=240)
+    parser.add_argument("--articles", type=int, default=300)
     parser.add_argument("--image-size", type=int, nargs=2, default=(900, 1500), metavar=("MIN", "MAX"))
     parser.add_argument("--articles-per-unit", type=int, default=6)
     parser.add_argument("--cpus", type=int, default=os.cpu_count())
-    parser.add_argument("--workdir", help="where to write the corpus and outputs (default: a temporary directory)")
+    parser.add_argument("--corpus", help="keep the corpus here and reuse it on later runs (default: a temporary one)")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
-        work = Path(workdir)
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
+        with tempfile.TemporaryDirectory() as workdir:
+            report = measure(args, Path(workdir), Path(args.corpus) if args.corpus else Path(workdir) / "corpus")
+    finally:
+        ray.shutdown()
+    print(report)
+
+
+def measure(args: argparse.Namespace, work: Path, corpus: Path) -> str:
+    if not (corpus / "sample_truth.jsonl").exists():
         print(f"writing {args.articles} articles with {args.image_size[0]}-{args.image_size[1]} px figures ...", flush=True)
-        write_sample_corpus(work / "corpus", args.articles, "s3", seed=0, image_size=tuple(args.image_size))
-        write_sample_corpus(work / "warmup", 4, "s3", seed=1)
-        images = figure_images(work / "corpus")
-        config = ExtractConfig(source=SourceConfig(uri=str(work / "corpus")), output=str(work / "out"),
-                               articles_per_unit=args.articles_per_unit)
-
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-        try:
-            from ray.data import DataContext
-
-            DataContext.get_current().enable_progress_bars = False
-            run_extraction(ExtractConfig(source=SourceConfig(uri=str(work / "warmup")), output=str(work / "warm")))
-            cores = int(ray.cluster_resources()["CPU"])
-            before = single_core_rate(images, config.images)
-            start = time.perf_counter()
-            manifest = run_extraction(config)
-            seconds = time.perf_counter() - start
-            after = single_core_rate(images, config.images)
-        finally:
-            ray.shutdown()
+        write_sample_corpus(corpus, args.articles, "s3", seed=0, image_size=tuple(args.image_size))
+    write_sample_corpus(work / "warmup", 12, "s3", seed=1)
+    images = figure_images(corpus)
+    config = ExtractConfig(source=SourceConfig(uri=str(corpus)), output=str(work / "out"),
+                           articles_per_unit=args.articles_per_unit)
+    warmup = ExtractConfig(source=SourceConfig(uri=str(work / "warmup")), output=str(work / "warm"), articles_per_unit=1)
+    run_extraction(warmup)  # starts a worker process per core
+    cores, session = int(ray.cluster_resources()["CPU"]), ray.get_runtime_context().get_session_name()
+    (before, cpu_before), load = single_core(images, config.images), os.getloadavg()[0]
+    start, cpu_start = time.perf_counter(), session_cpu_seconds(session)
+    manifest = run_extraction(config)
+    seconds, cpu = time.perf_counter() - start, session_cpu_seconds(session) - cpu_start
+    after, cpu_after = single_core(images, config.images)
 
     decoded = manifest["pairs_extracted"]
-    pipeline = decoded / seconds
-    reference = (before + after) / 2
-    print(f"figures decoded by the pipeline : {decoded} ({len(images)} image files) in {seconds:.1f} s end to end")
-    print(f"pipeline throughput             : {pipeline:.1f} figures/s on {cores} cores")
-    print(f"single-core decode+resize+encode: {reference:.1f} figures/s (before {before:.1f}, after {after:.1f})")
-    print(f"ideal ({cores} x single core)        : {reference * cores:.1f} figures/s")
-    print(f"efficiency (pipeline / ideal)   : {pipeline / (reference * cores):.2f}   (goal >= 0.8)")
+    pipeline, reference, reference_cpu = decoded / seconds, (before + after) / 2, (cpu_before + cpu_after) / 2
+    return "\n".join([
+        f"figures decoded by the pipeline : {decoded} ({len(images)} image files) in {seconds:.1f} s end to end",
+        f"pipeline throughput             : {pipeline:.1f} figures/s on {cores} cores",
+        f"single-core decode+resize+encode: {reference:.1f} figures/s (before {before:.1f}, after {after:.1f})",
+        f"ideal ({cores} x single core)        : {reference * cores:.1f} figures/s",
+        f"efficiency (pipeline / ideal)   : {pipeline / (reference * cores):.2f}   (goal >= 0.8)",
+        f"CPU per figure                  : pipeline {cpu / decoded * 1000:.0f} ms (Ray session + driver), "
+        f"decode+resize+encode alone {reference_cpu * 1000:.0f} ms -> CPU efficiency {reference_cpu * decoded / cpu:.2f}",
+        f"machine load average            : {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
+    ])
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ import signal
 import subprocess
 import sys
 import time
+import shutil
 import urllib.error
 import urllib.request
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +42,6 @@ class LocalCluster:
     dashboard_port: int = 0
     marker: str = field(default_factory=lambda: secrets.token_hex(8))
     nodes: list[subprocess.Popen] = field(default_factory=list)
-    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def dashboard_url(self) -> str:
@@ -51,7 +50,7 @@ class LocalCluster:
     def node_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TMPDIR")}
         env.update(PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="token",
-                   RAY_AUTH_TOKEN=self.token, OMP_NUM_THREADS="1", **{MARKER: self.marker}, **self.extra_env)
+                   RAY_AUTH_TOKEN=self.token, OMP_NUM_THREADS="1", **{MARKER: self.marker})
         env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"  # tests/conftest.py sets 0, which forbids a second node
         return env
 
@@ -68,7 +67,11 @@ class LocalCluster:
     def _start(self, args: list[str], log_name: str, num_cpus: int, resources: dict | None) -> subprocess.Popen:
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         command = [str(VENV_BIN / "ray"), "start", *args, "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
-                   f"--temp-dir={self.temp_dir}", "--disable-usage-stats", "--block"]
+                   f"--temp-dir={self.temp_dir}", "--disable-usage-stats", "--block",
+                   # Free ports rather than Ray's fixed defaults (52365, 10001), which another Ray on this machine
+                   # may hold; the raylet then also need not wait for the agents to report them.
+                   f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                   f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
         if resources:
             command.append(f"--resources={json.dumps(resources)}")
         with open(self.temp_dir / log_name, "a") as log:
@@ -79,8 +82,9 @@ class LocalCluster:
 
     def _start_until_alive(self, args, log_name: str, num_cpus: int, resources: dict | None,
                            attempts: int = 3) -> subprocess.Popen:
-        """Starts a node and waits for it to join. `ray start` gives a raylet 30 s (fixed in Ray) to register,
-        which a loaded machine can miss: then its process group is killed and the start retried."""
+        """Starts a node and waits for it to join. A raylet aborts when its dashboard agent has not opened its
+        HTTP port within 15 s (fixed in Ray 2.60), which a loaded machine can miss: then the node's process group
+        is killed and the start retried."""
         expected = len(self.alive_nodes()) + 1
         for attempt in range(1, attempts + 1):
             node = self._start(args(), log_name, num_cpus, resources)
@@ -98,7 +102,7 @@ class LocalCluster:
         def args() -> list[str]:
             self.gcs_port, self.dashboard_port = free_port(), free_port()
             return ["--head", f"--port={self.gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={self.dashboard_port}"]
+                    f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}"]
 
         return self._start_until_alive(args, "head.log", num_cpus, resources)
 

@@ -16,6 +16,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_TMPDIR", str(REPO / ".ray_tmp"))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")  # a loaded 2-core CI box starts nodes slowly
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -37,12 +38,19 @@ def ray_session():
     """One local Ray runtime for the whole test session (2 CPUs, loopback)."""
     import ray
 
-    ray.init(
-        num_cpus=int(os.environ.get("TEST_RAY_CPUS", "4")),
-        include_dashboard=False,
-        log_to_driver=True,
-        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}},
-    )
+    for attempt in range(3):  # a loaded machine can miss the node start-up deadline; a second start succeeds
+        try:
+            ray.init(
+                num_cpus=int(os.environ.get("TEST_RAY_CPUS", "4")),
+                include_dashboard=False,
+                log_to_driver=True,
+                runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}},
+            )
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     from ray.data import DataContext
 
     DataContext.get_current().op_resource_reservation_enabled = False

@@ -60,6 +60,8 @@ def test_folder_ignores_other_files_and_needs_class_folders(realdata, tmp_path):
     assert [Path(s.name).name for s in dataset.samples] == ["a.jpeg"]
     with pytest.raises(DatasetError, match="one sub-folder per class"):
         folder_dataset(tmp_path / "til-positive")
+    with pytest.raises(DatasetError, match=r"no image files in the class folders \(lung_image_sets\)"):
+        folder_dataset(realdata / LUNG.parent)  # one level too high
 
 
 def test_rsna_head_gives_one_label_per_patient(realdata):

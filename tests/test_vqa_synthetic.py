@@ -1,6 +1,7 @@
 """The demo's VQA set derived from extraction-style Parquet rows: questions whose answers the figures show."""
 import json
 
+import numpy as np
 import pytest
 
 from biomedclip.vqa.datasets import load_vqa_rad
@@ -60,3 +61,26 @@ def test_corpus_without_held_out_rows_is_refused(tmp_path):
     write_corpus_parquet(tmp_path / "corpus", "train", synthetic_rows(2))
     with pytest.raises(ValueError, match="0 held-out"):
         write_vqa_set(tmp_path / "corpus", tmp_path / "vqa")
+
+
+KIND_MODALITY = {"radiograph": "x-ray", "ct": "ct", "histology": "histology", "fluorescence": "fluorescence",
+                 "bar_chart": "chart", "line_graph": "chart"}
+
+
+def test_questions_on_the_sample_corpus_figures_match_their_drawn_facts():
+    """Oracle: the facts the sample corpus drew each figure from (count, colour, trend), never the caption parse."""
+    sample_figures = pytest.importorskip("biomedclip.pmc.sample_figures")
+    seen = set()
+    for seed in range(200):
+        figure = sample_figures.render_figure(np.random.default_rng(seed), (64, 64))
+        answers = {q.question: q.answer for q in derive_questions(figure.caption)}
+        assert answers["what modality is this image?"] == KIND_MODALITY[figure.kind], figure.caption
+        assert answers["is this a chart?"] == ("yes" if KIND_MODALITY[figure.kind] == "chart" else "no")
+        counted = [a for q, a in answers.items() if q.startswith("how many")]
+        assert counted == [str(figure.facts["count"])], figure.caption
+        if "colour" in figure.facts:
+            assert [a for q, a in answers.items() if q.startswith("what color")] == [figure.facts["colour"]]
+        if "trend" in figure.facts:
+            assert answers["are the curves rising or falling?"] == figure.facts["trend"]
+        seen.add(figure.kind)
+    assert seen == set(KIND_MODALITY)

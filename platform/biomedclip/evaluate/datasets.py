@@ -83,6 +83,9 @@ def folder_dataset(root: str | Path) -> FileDataset:
         raise DatasetError(f"{root}: expected one sub-folder per class")
     samples = [Sample(str(path), folder.name) for folder in class_dirs for path in sorted(folder.iterdir())
                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES]
+    if not samples:
+        names = ", ".join(folder.name for folder in class_dirs)
+        raise DatasetError(f"{root}: no image files in the class folders ({names}); is this one level too high?")
     return FileDataset(samples, [])
 
 

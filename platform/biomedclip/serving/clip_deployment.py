@@ -2,6 +2,10 @@
 
 The ingress names the model with `handle.options(multiplexed_model_id=...)`; Serve routes to a replica that has it
 loaded and splits batches by model id, so one batch always runs on one model.
+
+Model work runs on the replica's event loop, blocking it, on purpose: Serve forms the next batch as soon as requests
+arrive and only then waits for the running one, so with the loop free (a worker thread) every batch after the
+first held one or two requests; with the loop blocked, the requests that arrive meanwhile form one batch.
 """
 from __future__ import annotations
 
@@ -57,13 +61,13 @@ class ClipModel:
         """One batch of images, all for the same model (Serve splits batches by model id)."""
         engine = await self.engine(self._model_id())
         self.batch_sizes[len(images)] += 1
-        return list(engine.encode_images(images))
+        return list(self._guarded(engine.encode_images, images))
 
-    async def _guarded(self, fn, *args):
-        """Runs model work off the event loop; a failure there (device lost, out of memory) marks the replica
-        unhealthy so that Serve replaces it."""
+    def _guarded(self, fn, *args):
+        """Runs model work; a failure there (device lost, out of memory) marks the replica unhealthy so that Serve
+        replaces it."""
         try:
-            return await asyncio.to_thread(fn, *args)
+            return fn(*args)
         except RuntimeError as err:
             self.fatal_error = f"{type(err).__name__}: {err}"
             raise
@@ -73,14 +77,14 @@ class ClipModel:
         engine = await self.engine(model_id)
         templates = templates or self.config.templates
         image_features = await self._encode_batch(image)
-        label_features = await self._label_features(engine, labels, templates)
+        label_features = self._label_features(engine, labels, templates)
         return {"model": model_id, "labels": rank_labels(image_features, label_features, engine.logit_scale, labels)}
 
-    async def _label_features(self, engine: ClipEngine, labels: list[str], templates: list[str]) -> np.ndarray:
+    def _label_features(self, engine: ClipEngine, labels: list[str], templates: list[str]) -> np.ndarray:
         key = (engine.model_id, tuple(labels), tuple(templates))
         features = self.prompt_cache.get(key)
         if features is None:
-            features = await self._guarded(engine.label_features, labels, templates)
+            features = self._guarded(engine.label_features, labels, templates)
             self.prompt_cache.put(key, features)
         return features
 
@@ -88,7 +92,7 @@ class ClipModel:
         model_id = self._model_id()
         engine = await self.engine(model_id)
         image_features = await asyncio.gather(*(self._encode_batch(image) for image in images))
-        text_features = await self._guarded(engine.encode_texts, texts) if texts else []
+        text_features = self._guarded(engine.encode_texts, texts) if texts else []
         return {"model": model_id, "dim": engine.model.config.embed_dim,
                 "image_embeddings": [f.tolist() for f in image_features],
                 "text_embeddings": [f.tolist() for f in text_features]}

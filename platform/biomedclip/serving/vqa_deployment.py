@@ -6,8 +6,6 @@ replica, so the rest of the service runs without the VQA package.
 """
 from __future__ import annotations
 
-import asyncio
-
 import torch
 from PIL import Image
 from ray import serve
@@ -29,7 +27,7 @@ class VqaModel:
     async def _predict(self, items: list[tuple[Image.Image, str]]) -> list[dict]:
         images, questions = (list(column) for column in zip(*items))
         try:
-            answers = await asyncio.to_thread(self.predictor.predict, images, questions)
+            answers = self.predictor.predict(images, questions)  # on the event loop: see clip_deployment.py
         except RuntimeError as err:
             self.fatal_error = f"{type(err).__name__}: {err}"
             raise

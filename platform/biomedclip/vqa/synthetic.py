@@ -5,8 +5,10 @@ Input: the extraction job's Parquet shards `<root>/{train,val,test}/*.parquet` (
   - modality: the earliest modality phrase in the caption ("radiograph" -> x-ray, "H&E" -> histology, "bar chart" ->
     chart, ...) gives "what modality is this image?" (open), "is this a chart?" and "is this a radiology image?"
     (closed, yes/no);
-  - counts: "<number> [up to two words] <object>" ("three round nodules") gives "how many nodules are shown?" (open);
-  - colours: "<colour> [one word] <object>" ("green fluorescent cells") gives "what color are the cells?" (open).
+  - counts: "<number> [up to three words] <object>" ("three bright round nodules") gives "how many nodules are
+    shown?" (open);
+  - colours: "<colour> [one word] <object>" ("green fluorescent cells") gives "what color are the cells?" (open);
+  - trends: "curves rising|falling" gives "are the curves rising or falling?" (closed: a choice of two).
 The set is written in VQA-RAD's split-file layout (images/, trainset.json from train, testset.json from val + test),
 so `load_vqa_rad(..., fmt="splits")` and the fine-tuning job read it like any VQA-RAD folder. Rows without a caption or
 with an undecodable image are reported and skipped; rows with nothing to ask about are counted.
@@ -41,10 +43,12 @@ NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seve
            "ten": 10, "eleven": 11, "twelve": 12}
 COLOURS = ("red", "green", "blue", "yellow", "orange", "purple", "pink", "magenta", "cyan", "white", "black",
            "brown", "gray", "grey")
-OBJECTS = (r"nodules?|lesions?|masses|mass|cysts?|cells?|nuclei|spots?|dots?|foci|bars?|circles?|squares?|"
-           r"triangles?|shapes?|colonies|colony|blobs?|points?|peaks?|vessels?|stones?|calcifications?")
-_COUNT = re.compile(rf"\b(?P<number>\d+|{'|'.join(NUMBERS)})\s+(?:[a-z-]+\s+){{0,2}}?(?P<object>{OBJECTS})\b")
+OBJECTS = (r"nodules?|lesions?|masses|mass|cysts?|cells?|nuclei|glands?|spots?|dots?|foci|bars?|curves?|lines?|"
+           r"circles?|squares?|triangles?|shapes?|colonies|colony|blobs?|points?|peaks?|vessels?|stones?|"
+           r"calcifications?")
+_COUNT = re.compile(rf"\b(?P<number>\d+|{'|'.join(NUMBERS)})\s+(?:[a-z-]+\s+){{0,3}}?(?P<object>{OBJECTS})\b")
 _COLOUR = re.compile(rf"\b(?P<colour>{'|'.join(COLOURS)})\s+(?:[a-z-]+\s+)?(?P<object>{OBJECTS})\b")
+_TREND = re.compile(r"\b(?:curves?|lines?)\s+(?P<trend>rising|falling)\b")
 TRAIN_SPLITS, TEST_SPLITS = ("train",), ("val", "test")
 
 
@@ -83,9 +87,9 @@ def derive_questions(caption: str) -> list[Question]:
         ]
     asked = set()
     for match in _COUNT.finditer(text):
-        noun = match["object"]
-        if noun not in asked:
-            asked.add(noun)
+        noun = _plural_of(match["object"])
+        if ("count", noun) not in asked:
+            asked.add(("count", noun))
             number = match["number"]
             questions.append(Question(f"how many {noun} are shown?", str(NUMBERS.get(number, number)), "OPEN"))
     for match in _COLOUR.finditer(text):
@@ -94,11 +98,20 @@ def derive_questions(caption: str) -> list[Question]:
             asked.add(("colour", noun))
             verb = "are" if _is_plural(noun) else "is"
             questions.append(Question(f"what color {verb} the {noun}?", match["colour"], "OPEN"))
+    if modality == "chart" and (match := _TREND.search(text)):
+        questions.append(Question("are the curves rising or falling?", match["trend"], "CLOSED"))
     return questions
 
 
 def _is_plural(noun: str) -> bool:
     return noun in ("nuclei", "foci") or (noun.endswith("s") and noun != "mass")
+
+
+def _plural_of(noun: str) -> str:
+    """The plural used in count questions ("one nodule" is asked as "how many nodules")."""
+    if _is_plural(noun):
+        return noun
+    return {"mass": "masses", "colony": "colonies"}.get(noun, noun + "s")
 
 
 def write_vqa_set(parquet_root: str | Path, output_dir: str | Path) -> SyntheticVQASummary:

@@ -201,6 +201,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: i
 
 
 def train_epoch(model, loader, optimizer, scheduler) -> dict:
+    """Mean loss and accuracy over the epoch's batches of all workers (DistributedSampler pads the shards to equal
+    length, so with W workers up to W-1 examples count twice)."""
     model.train()
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, examples
     for pixels, token_ids, labels in loader:
