@@ -54,6 +54,7 @@ def paired_ranks(images, texts, chunk_size: int = 4096, device: str | torch.devi
                 block.diagonal().fill_(-torch.inf)  # a pair never competes with itself
             image_before[a:b] += _count_before(block, positive[a:b], dim=1, candidates=_order(c, a))
             text_before[c:d] += _count_before(block, positive[c:d], dim=0, candidates=_order(a, c))
+            del block  # before the next block is allocated, so that only one exists at a time
     return RetrievalRanks((image_before + 1).cpu().numpy(), (text_before + 1).cpu().numpy())
 
 
