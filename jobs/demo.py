@@ -17,7 +17,7 @@ JOBS = Path(__file__).resolve().parent
 
 def stages(out: Path, articles: int) -> list[tuple[str, list[str]]]:
     corpus, pairs, run = out / "corpus", out / "pairs", out / "pretrain"
-    model = run / "model"
+    model = run / "final"
     return [
         ("Write a synthetic PMC corpus (Cloud Service layout)",
          ["make_sample_corpus.py", "--output", corpus, "--articles", articles]),
