@@ -9,6 +9,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export RAY_TMPDIR ?= $(CURDIR)/.ray_tmp
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+export RAY_raylet_start_wait_time_s ?= 120
 
 .PHONY: install browser demo test test-fast
 
