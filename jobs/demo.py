@@ -6,11 +6,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import ray
 
 JOBS = Path(__file__).resolve().parent
 
@@ -40,11 +43,11 @@ def stages(out: Path, articles: int) -> list[tuple[str, list[str]]]:
     ]
 
 
-def run_stage(number: int, title: str, args: list) -> None:
+def run_stage(number: int, title: str, args: list, ray_address: str) -> None:
     command = [sys.executable, str(JOBS / str(args[0])), *map(str, args[1:])]
     print(f"\n=== [{number}] {title}\n$ {shlex.join(command)}", flush=True)
     started = time.monotonic()
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, env={**os.environ, "RAY_ADDRESS": ray_address})
     print(f"--- [{number}] done in {time.monotonic() - started:.0f} s", flush=True)
 
 
@@ -54,12 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--articles", type=int, default=400)
     args = parser.parse_args(argv)
     started = time.monotonic()
+    # One local Ray for every stage: each job joins it through RAY_ADDRESS, as it would join a cluster.
+    address = ray.init(include_dashboard=False).address_info["address"]
     try:
         for number, (title, stage_args) in enumerate(stages(args.output.resolve(), args.articles), start=1):
-            run_stage(number, title, stage_args)
+            run_stage(number, title, stage_args, address)
     except subprocess.CalledProcessError as err:
         print(f"\ndemo stopped: {shlex.join(map(str, err.cmd))} exited with {err.returncode}", file=sys.stderr)
         return 1
+    finally:
+        ray.shutdown()
     print(f"\nDemo finished in {time.monotonic() - started:.0f} s; outputs under {args.output}/")
     return 0
 
