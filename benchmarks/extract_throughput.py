@@ -49,19 +49,28 @@ def single_core(images: list[bytes], config: ImageConfig) -> tuple[float, float]
 
 
 def session_cpu_seconds(session: str) -> float:
-    """CPU seconds used so far by this Ray session's processes (Linux /proc) and by this driver."""
-    tick, total = os.sysconf("SC_CLK_TCK"), time.process_time()
+    """CPU seconds used so far by this driver and this Ray session's processes: those naming the session on their
+    command line (GCS, raylet, ...) and all their descendants (the workers retitle themselves). Linux /proc."""
+    tick, parents, stats, roots = os.sysconf("SC_CLK_TCK"), {}, {}, set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                if session.encode() not in cmdline.read():
-                    continue
             with open(f"/proc/{pid}/stat") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if session.encode() in cmdline.read():
+                    roots.add(pid)
         except OSError:
             continue
-    return total
+        parents[pid], stats[pid] = fields[1], (int(fields[11]) + int(fields[12])) / tick  # ppid, utime + stime
+
+    def in_session(pid: str) -> bool:
+        while pid in parents:
+            if pid in roots:
+                return True
+            pid = parents[pid]
+        return False
+
+    return time.process_time() + sum(cpu for pid, cpu in stats.items() if in_session(pid))
 
 
 def main() -> None:

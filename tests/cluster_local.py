@@ -66,8 +66,9 @@ class LocalCluster:
 
     def _start(self, args: list[str], log_name: str, num_cpus: int, resources: dict | None) -> subprocess.Popen:
         self.temp_dir.mkdir(parents=True, exist_ok=True)
+        node_dir = self.temp_dir / f"n{len(self.nodes)}"  # per node: each log monitor forwards its own logs once
         command = [str(VENV_BIN / "ray"), "start", *args, "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
-                   f"--temp-dir={self.temp_dir}", "--disable-usage-stats", "--block",
+                   f"--temp-dir={node_dir}", "--disable-usage-stats", "--block",
                    # Free ports rather than Ray's fixed defaults (52365, 10001), which another Ray on this machine
                    # may hold; the raylet then also need not wait for the agents to report them.
                    f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
@@ -111,9 +112,10 @@ class LocalCluster:
         name = f"node{len(self.nodes)}.log"
         return self._start_until_alive(lambda: [f"--address=127.0.0.1:{self.gcs_port}"], name, num_cpus, resources)
 
-    def get(self, path: str, token: str | None = "own") -> tuple[int, dict | str]:
+    def get(self, path: str, token: str | None = "own", method: str = "GET") -> tuple[int, dict | str]:
+        """A dashboard API call with this cluster's token (or another, or none)."""
         headers = {"Authorization": f"Bearer {self.token if token == 'own' else token}"} if token else {}
-        request = urllib.request.Request(self.dashboard_url + path, headers=headers)
+        request = urllib.request.Request(self.dashboard_url + path, headers=headers, method=method)
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, json.loads(response.read())
@@ -194,9 +196,25 @@ class LocalCluster:
         node.wait()
         self.nodes.remove(node)
 
+    def stop_jobs(self, timeout: float = 60) -> None:
+        """Stops the jobs still running, as `ray job stop` does: a driver lives in a process group of its own."""
+        try:
+            jobs = self.get("/api/jobs/")[1]
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return  # no dashboard, no jobs to ask about
+        running = [job["submission_id"] for job in jobs if job["status"] in ("PENDING", "RUNNING")]
+        for submission_id in running:
+            self.get(f"/api/jobs/{submission_id}/stop", method="POST")
+        deadline = time.monotonic() + timeout
+        while running and time.monotonic() < deadline:  # a job that will not stop is left to kill_leftovers
+            running = [i for i in running if self.job(i)["status"] in ("PENDING", "RUNNING")]
+            time.sleep(1)
+
     def stop(self, grace_s: float = 10) -> None:
-        """SIGTERM to every node's process group (`ray start --block` then stops its processes), SIGKILL to any
-        group still there after the grace period."""
+        """Stops running jobs, then sends SIGTERM to every node's process group (`ray start --block` then stops its
+        processes) and SIGKILL to any group still there after the grace period."""
+        if self.nodes:
+            self.stop_jobs()
         for node in reversed(self.nodes):
             if node.poll() is None:
                 os.killpg(node.pid, signal.SIGTERM)
@@ -210,15 +228,15 @@ class LocalCluster:
         for node in self.nodes:
             _kill_group_quietly(node.pid)  # children that outlived their `ray start`
 
-    def leftover_processes(self, wait_s: float = 30) -> list[str]:
-        """Processes carrying this cluster's marker (raylets, GCS, workers, job drivers), after waiting up to
-        `wait_s` for workers to notice their raylet is gone."""
+    def kill_leftovers(self, wait_s: float = 30) -> list[str]:
+        """Processes carrying this cluster's marker (raylets, GCS, workers, job drivers) that are still there
+        `wait_s` after the stop (workers leave when they notice their raylet is gone); kills and returns them."""
         deadline = time.monotonic() + wait_s
-        while True:
-            found = _processes_with_env(MARKER, self.marker)
-            if not found or time.monotonic() > deadline:
-                return found
+        while (found := _processes_with_env(MARKER, self.marker)) and time.monotonic() < deadline:
             time.sleep(1)
+        for pid in found:
+            _kill_quietly(int(pid))
+        return [f"{pid}: {command}" for pid, command in found.items()]
 
 
 @contextmanager
@@ -228,11 +246,14 @@ def local_cluster(name: str) -> Iterator[LocalCluster]:
     cluster = LocalCluster(temp_dir)
     try:
         yield cluster
-    finally:
+    except BaseException:
         cluster.stop()
-        leftovers = cluster.leftover_processes()
-        assert not leftovers, f"processes outlived the cluster: {leftovers}"
-    shutil.rmtree(temp_dir, ignore_errors=True)  # kept when something failed: the Ray logs are in there
+        cluster.kill_leftovers()  # the test's own failure is the one to report; its Ray logs stay in temp_dir
+        raise
+    cluster.stop()
+    leftovers = cluster.kill_leftovers()
+    assert not leftovers, f"processes outlived the cluster: {leftovers}"
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _kill_group_quietly(pgid: int) -> None:
@@ -242,16 +263,24 @@ def _kill_group_quietly(pgid: int) -> None:
         pass
 
 
-def _processes_with_env(name: str, value: str) -> list[str]:
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _processes_with_env(name: str, value: str) -> dict[str, str]:
+    """pid -> command line of the processes whose environment holds name=value (Linux /proc)."""
     needle = f"{name}={value}".encode()
-    found = []
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             if needle in (entry / "environ").read_bytes().split(b"\0"):
                 command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")[:200]
-                found.append(f"{entry.name}: {command!r}")
+                found[entry.name] = command.decode(errors="replace")
         except OSError:  # exited meanwhile, or not ours to read
             continue
     return found

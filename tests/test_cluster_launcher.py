@@ -1,4 +1,4 @@
-"""ray-cluster.yaml: valid for the launcher that ships in the ray wheel, GPU types as documented, auth on, no secrets."""
+"""ray-cluster.yaml: valid for the launcher in the ray wheel, GPU types as documented, auth on, no secrets."""
 from __future__ import annotations
 
 import copy

@@ -122,10 +122,17 @@ def _stage(source: Source, out: OutputStore, config: ExtractConfig) -> list[str]
             items = [{"index": unit.index, "refs": list(unit.refs)} for unit in pending]
             stage = partial(_stage_row, source=source, config=config.pairs, out=out, io_threads=config.io_threads)
             ds = ray.data.from_items(items, override_num_blocks=len(items)).map(stage, num_cpus=config.cpus_per_task)
-            for n, row in enumerate(ds.iter_rows(), 1):
+            for n, row in enumerate(_unreserved(ds).iter_rows(), 1):
                 log.info("staged %s: %d articles, %d pairs (%d/%d)", row["unit"], row["articles"], row["pairs"], n,
                          len(pending))
     return names
+
+
+def _unreserved(ds: ray.data.Dataset) -> ray.data.Dataset:
+    """Each dataset here is one map operator: Ray Data's per-operator reservation (which keeps a share of the
+    cluster for downstream operators) would only cap it, at one task at a time on a 2-CPU machine."""
+    ds.context.op_resource_reservation_enabled = False
+    return ds
 
 
 def _stage_row(row: dict, source: Source, config: PairConfig, out: OutputStore, io_threads: int) -> dict:
@@ -145,11 +152,11 @@ def _find_duplicates(units: list[str], out: OutputStore, config: ExtractConfig) 
     out.delete_dir(directory)  # recomputed from the staged shards on every run
     write = partial(_group_row, buckets=buckets, directory=directory, out=out)
     items = [{"group": g, "units": names} for g, names in enumerate(groups)]
-    ray.data.from_items(items, override_num_blocks=len(items)).map(write, num_cpus=config.cpus_per_task).materialize()
+    _unreserved(ray.data.from_items(items, override_num_blocks=len(items)).map(write, num_cpus=config.cpus_per_task)).materialize()
     find = partial(_bucket_rows, groups=len(groups), directory=directory, out=out)
     losers: dict[str, list[str]] = defaultdict(list)
     rows = ray.data.range(buckets, override_num_blocks=buckets).flat_map(find, num_cpus=config.cpus_per_task)
-    for row in rows.iter_rows():
+    for row in _unreserved(rows).iter_rows():
         losers[row["unit"]].append(row["pair_key"])
     log.info("dedup: %d pairs in %d buckets, %d duplicate images dropped", total, buckets,
              sum(map(len, losers.values())))
@@ -174,7 +181,7 @@ def _finalize(units: list[str], losers: dict[str, list[str]], out: OutputStore, 
     log.info("finalize: %d units, %d done before", len(units), len(units) - len(pending))
     for wave in batched(pending, config.units_per_wave):
         ds = ray.data.from_items(wave, override_num_blocks=len(wave))
-        ds.map(partial(_finalize_row, out=out), num_cpus=config.cpus_per_task).materialize()
+        _unreserved(ds.map(partial(_finalize_row, out=out), num_cpus=config.cpus_per_task)).materialize()
     return [markers[name] for name in units]
 
 
