@@ -34,9 +34,9 @@ def integer_embeddings(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndar
             rng.integers(-2, 3, size=(n, dim)).astype(np.float32))
 
 
-@pytest.mark.parametrize("chunk_size", [2, 7, 64, 200, 1000])
-def test_ranks_equal_brute_force_with_many_ties(chunk_size):
-    images, texts = integer_embeddings(200, 4, seed=1)
+@pytest.mark.parametrize("n, chunk_size", [(60, 1), (200, 7), (200, 64), (200, 200), (200, 1000)])
+def test_ranks_equal_brute_force_with_many_ties(n, chunk_size):
+    images, texts = integer_embeddings(n, 4, seed=1)
     scores = images @ texts.T
     assert any(len(np.unique(row)) < len(row) for row in scores)  # the data really holds ties
     ranks = paired_ranks(images, texts, chunk_size=chunk_size)
@@ -119,9 +119,9 @@ PEAK_MEMORY_SCRIPT = textwrap.dedent("""
 
 
 def test_peak_memory_is_bounded_by_the_chunk_not_by_n_squared():
-    n, chunk = 12_000, 512
+    n, chunk = 8_000, 256
     result = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT, str(n), str(chunk)],
-                            capture_output=True, text=True, check=True, timeout=300)
+                            capture_output=True, text=True, check=True, timeout=600)
     extra_bytes, top1 = map(int, result.stdout.split())
     full_matrix = n * n * 4
     assert extra_bytes < 12 * chunk * chunk + 64 * 2**20, extra_bytes  # ~9 bytes per block entry + O(N) + slack
