@@ -77,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--articles", type=int, default=300)
     parser.add_argument("--image-size", type=int, nargs=2, default=(900, 1500), metavar=("MIN", "MAX"))
-    parser.add_argument("--articles-per-unit", type=int, default=6)
+    parser.add_argument("--articles-per-unit", type=int, default=16)
     parser.add_argument("--cpus", type=int, default=os.cpu_count())
     parser.add_argument("--corpus", help="keep the corpus here and reuse it on later runs (default: a temporary one)")
     args = parser.parse_args()
@@ -111,10 +111,13 @@ def measure(args: argparse.Namespace, work: Path, corpus: Path) -> str:
     seconds, cpu = time.perf_counter() - start, session_cpu_seconds(session) - cpu_start
     after, cpu_after = single_core(images, config.images)
 
-    decoded = manifest["pairs_extracted"]
+    decoded, phases = manifest["pairs_extracted"], manifest["seconds"]
     pipeline, reference, reference_cpu = decoded / seconds, (before + after) / 2, (cpu_before + cpu_after) / 2
     return "\n".join([
         f"figures decoded by the pipeline : {decoded} ({len(images)} image files) in {seconds:.1f} s end to end",
+        f"phases (s)                      : {phases}",
+        f"stage phase alone               : {decoded / phases['stage']:.1f} figures/s, efficiency "
+        f"{decoded / phases['stage'] / (reference * cores):.2f}",
         f"pipeline throughput             : {pipeline:.1f} figures/s on {cores} cores",
         f"single-core decode+resize+encode: {reference:.1f} figures/s (before {before:.1f}, after {after:.1f})",
         f"ideal ({cores} x single core)        : {reference * cores:.1f} figures/s",

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 
 import ray
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    ray.init(address=args.ray_address, num_cpus=None if args.ray_address else args.num_cpus, include_dashboard=False)
+    address = args.ray_address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, num_cpus=None if address else args.num_cpus, include_dashboard=False)
     try:
         manifest = run_extraction(config)
     except ExtractError as err:

@@ -20,6 +20,10 @@ os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")  # a loaded 2-core 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Test credentials for the loopback S3 server, set before any Ray worker starts so that workers inherit them.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 Path(os.environ["RAY_TMPDIR"]).mkdir(exist_ok=True)
 
 
@@ -72,8 +76,5 @@ def s3_server():
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     yield f"http://127.0.0.1:{port}"
     server.stop()

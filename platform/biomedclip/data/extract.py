@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import math
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -85,10 +86,27 @@ def run_extraction(config: ExtractConfig) -> dict:
     out.clear_temporaries()
     source = Source(config.source)
     log.info("source %s (layout %s) -> %s", config.source.uri, source.layout, out.url())
-    units = _stage(source, out, config)
-    losers = _find_duplicates(units, out, config)
-    finals = _finalize(units, losers, out, config)
-    return _write_manifest(units, finals, out, config, source.layout)
+    clock = _Clock()
+    units = clock.time("stage", _stage, source, out, config)
+    losers = clock.time("dedup", _find_duplicates, units, out, config)
+    finals = clock.time("finalize", _finalize, units, losers, out, config)
+    return _write_manifest(units, finals, out, config, source.layout, clock)
+
+
+class _Clock:
+    """Wall seconds per phase of this run, reported in the manifest."""
+
+    def __init__(self):
+        self.start, self.seconds = time.perf_counter(), {}
+
+    def time(self, phase: str, fn, *args):
+        start = time.perf_counter()
+        result = fn(*args)
+        self.seconds[phase] = round(time.perf_counter() - start, 3)
+        return result
+
+    def report(self) -> dict[str, float]:
+        return {**self.seconds, "total": round(time.perf_counter() - self.start, 3)}
 
 
 def _check_settings(out: OutputStore, config: ExtractConfig) -> None:
@@ -126,6 +144,11 @@ def _stage(source: Source, out: OutputStore, config: ExtractConfig) -> list[str]
                 log.info("staged %s: %d articles, %d pairs (%d/%d)", row["unit"], row["articles"], row["pairs"], n,
                          len(pending))
     return names
+
+
+def _light_blocks(items: int) -> int:
+    """Blocks for a pass of light per-item work: a couple per CPU, as each Ray task has a fixed cost."""
+    return max(1, min(items, 2 * int(ray.cluster_resources().get("CPU", 1))))
 
 
 def _unreserved(ds: ray.data.Dataset) -> ray.data.Dataset:
@@ -180,7 +203,7 @@ def _finalize(units: list[str], losers: dict[str, list[str]], out: OutputStore, 
     pending = [{"unit": name, "losers": sorted(losers.get(name, []))} for name in units if markers[name] not in done]
     log.info("finalize: %d units, %d done before", len(units), len(units) - len(pending))
     for wave in batched(pending, config.units_per_wave):
-        ds = ray.data.from_items(wave, override_num_blocks=len(wave))
+        ds = ray.data.from_items(wave, override_num_blocks=_light_blocks(len(wave)))
         _unreserved(ds.map(partial(_finalize_row, out=out), num_cpus=config.cpus_per_task)).materialize()
     return [markers[name] for name in units]
 
@@ -205,7 +228,8 @@ def _markers(out: OutputStore, paths: list[str]) -> Iterator[dict]:
     return prefetched(out.read_json, paths, threads=16)
 
 
-def _write_manifest(units: list[str], finals: list[str], out: OutputStore, config: ExtractConfig, layout: str) -> dict:
+def _write_manifest(units: list[str], finals: list[str], out: OutputStore, config: ExtractConfig, layout: str,
+                    clock: _Clock) -> dict:
     builder = ManifestBuilder()
 
     def report_lines() -> Iterator[bytes]:
@@ -222,6 +246,7 @@ def _write_manifest(units: list[str], finals: list[str], out: OutputStore, confi
     for name, png in plot_histograms(manifest["stats"]).items():
         out.write_bytes(f"stats/{name}", png)
         manifest["stats_plots"].append(out.url(f"stats/{name}"))
+    manifest["seconds"] = clock.report()  # of this run only (a resumed run skips finished work)
     out.write_json("manifest.json", manifest)
     log.info("manifest: %d articles, %d figures, pairs %s, skipped %s", manifest["articles_seen"],
              manifest["figures_found"], manifest["pairs_written"], manifest["skipped"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -102,8 +103,9 @@ class ClipModel:
         return {**engine.describe(), "default": engine.model_id == self.config.default_model_id}
 
     def stats(self) -> dict:
-        """Prompt-cache counters and how many batches of each size this replica ran."""
-        return {"prompt_cache": self.prompt_cache.stats(), "batch_sizes": dict(self.batch_sizes)}
+        """Prompt-cache counters, how many batches of each size this replica ran, and its CPU time so far."""
+        return {"prompt_cache": self.prompt_cache.stats(), "batch_sizes": dict(self.batch_sizes),
+                "cpu_seconds": time.process_time()}
 
     def check_health(self) -> None:
         if self.fatal_error is not None:
