@@ -37,7 +37,7 @@ def stages(out: Path, articles: int) -> list[tuple[str, list[str]]]:
           "--config", JOBS / "configs/evaluate_demo.yaml", "--output", out / "eval-zeroshot"]),
         ("Fine-tune a VQA head on questions about the figures",
          ["finetune_vqa.py", "--checkpoint", model, "--dataset", "synthetic", "--data", pairs,
-          "--config", JOBS / "configs/finetune_vqa_tiny.yaml", "--output", out / "vqa"]),
+          "--config", JOBS / "configs/finetune_vqa_tiny.yaml", "--set", "train.epochs=3", "--output", out / "vqa"]),
         ("Serve zero-shot, VQA and embedding endpoints, one request each",
          ["serve_demo.py", "--model", model, "--vqa", out / "vqa" / "model", "--image-dir", pairs / "test"]),
     ]
@@ -57,8 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--articles", type=int, default=400)
     args = parser.parse_args(argv)
     started = time.monotonic()
-    # One local Ray for every stage: each job joins it through RAY_ADDRESS, as it would join a cluster.
-    address = ray.init(include_dashboard=False).address_info["address"]
+    # One local Ray for every stage: each job joins it through RAY_ADDRESS, as it would join a cluster. At least 4
+    # logical CPUs, so that the 2 training workers leave Ray Data a CPU for decoding on a 2-core laptop; the
+    # dashboard serves the state API that Ray Train's placement-group cleaner polls. Worker logs go to the stage's
+    # own driver only, not twice.
+    context = ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=True, log_to_driver=False)
+    address = context.address_info["address"]
     try:
         for number, (title, stage_args) in enumerate(stages(args.output.resolve(), args.articles), start=1):
             run_stage(number, title, stage_args, address)

@@ -35,7 +35,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--lang", choices=("en", "zh", "all"), help="SLAKE question language (data.lang)")
     parser.add_argument("--output", type=Path, default=Path("runs/finetune_vqa"))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # absolute: Ray Train workers run in their own working directory
+    for name in ("checkpoint", "data", "output"):
+        setattr(args, name, getattr(args, name).resolve())
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
