@@ -8,6 +8,8 @@ the same command with the same run.name and storage resumes from the last checkp
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 
 import ray
@@ -22,7 +24,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="YAML config (model, data, train, run sections)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.epochs=2 (repeatable)")
+    parser.add_argument("--num-cpus", type=int, help="logical CPUs of a local Ray (default: enough for the workers "
+                                                         "plus one for data loading, at least the machine's cores)")
     return parser.parse_args(argv)
+
+
+def start_ray(cfg: PretrainConfig, num_cpus: int | None) -> None:
+    """Joins RAY_ADDRESS (a cluster, or `ray job submit`), else starts a local Ray whose logical CPUs cover the
+    training workers and one more for Ray Data, which would otherwise wait forever on a 2-core laptop."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    needed = math.ceil(cfg.run.worker_range[1] * cfg.run.cpus_per_worker) + 1
+    ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, needed))
 
 
 def main(argv: list[str] | None = None):
@@ -33,8 +49,7 @@ def main(argv: list[str] | None = None):
         sys.exit(f"config error: {err}")
     if not cfg.data.path:
         sys.exit("config error: data.path: set it to the extraction output (a directory or s3://bucket/prefix)")
-    if not ray.is_initialized():
-        ray.init()
+    start_ray(cfg, args.num_cpus)
     outcome = run_pretraining(cfg, progress=lambda line: print(line, flush=True))
     metrics = outcome.result.metrics or {}
     print("final metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
