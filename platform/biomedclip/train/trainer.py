@@ -9,7 +9,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import ray
 import ray.train
@@ -57,7 +57,19 @@ def check_curriculum(cfg: PretrainConfig, train_rows: int) -> None:
         curriculum.plan(cfg.train.curriculum, cfg.train.epochs, cfg.data.micro_batch, world_size, train_rows)
 
 
-def build_trainer(cfg: PretrainConfig, tokenizer: Tokenizer, datasets: dict, train_rows: int) -> TorchTrainer:
+def warn_if_data_starves(cfg: PretrainConfig, progress: Callable[[str], None]) -> None:
+    """Ray Data decodes on the CPUs the workers leave free: with none left, training waits forever for its first
+    batch. Only a warning, since an autoscaling cluster may still add nodes."""
+    workers_cpus = cfg.run.worker_range[1] * cfg.run.cpus_per_worker
+    cluster_cpus = ray.cluster_resources().get("CPU", 0)
+    if cluster_cpus - workers_cpus < 1:
+        progress(f"warning: run.num_workers x run.cpus_per_worker = {workers_cpus:g} CPUs leaves less than one of "
+                 f"the cluster's {cluster_cpus:g} CPUs for data preprocessing; training stalls unless nodes are "
+                 "added (lower run.cpus_per_worker, or start Ray with more logical CPUs)")
+
+
+def build_trainer(cfg: PretrainConfig, tokenizer: Tokenizer, datasets: dict, train_rows: int,
+                  callbacks: Sequence[ray.train.UserCallback] = ()) -> TorchTrainer:
     run = cfg.run
     storage_fs, storage_path = filesystem_for(run.storage_path or str(Path(run.output_dir) / "checkpoints"),
                                               run.s3_endpoint)
@@ -73,7 +85,8 @@ def build_trainer(cfg: PretrainConfig, tokenizer: Tokenizer, datasets: dict, tra
         run_config=ray.train.RunConfig(
             name=run.name, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.keep_checkpoints)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.keep_checkpoints),
+            callbacks=list(callbacks)),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(execution_options=ingest),
     )
@@ -87,7 +100,9 @@ def export_final(checkpoint: ray.train.Checkpoint, output_dir: Path) -> tuple[Pa
     return artifact, export_open_clip(model, tokenizer, output_dir / "open_clip")
 
 
-def run_pretraining(cfg: PretrainConfig, progress: Callable[[str], None] = print) -> PretrainResult:
+def run_pretraining(cfg: PretrainConfig, progress: Callable[[str], None] = print,
+                    callbacks: Sequence[ray.train.UserCallback] = ()) -> PretrainResult:
+    """`callbacks` run on the Train controller (e.g. a sweep's forwarding of each report to Ray Tune)."""
     output_dir = Path(cfg.run.output_dir).resolve()
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(output_dir)))
     if cfg.run.mlflow_tracking_uri:
@@ -104,8 +119,9 @@ def run_pretraining(cfg: PretrainConfig, progress: Callable[[str], None] = print
     datasets = training_datasets(cfg.data.path, tokenizer, cfg.model.vision.image_size, augment=cfg.data.augment,
                                  s3_endpoint=cfg.data.s3_endpoint, batch_size=cfg.data.map_batch_size,
                                  tasks=cfg.data.map_tasks)
+    warn_if_data_starves(cfg, progress)
     progress(f"training {cfg.train.epochs} epochs on {cfg.run.num_workers} workers (vocabulary {tokenizer.vocab_size})")
-    result = build_trainer(cfg, tokenizer, datasets, train_rows).fit()
+    result = build_trainer(cfg, tokenizer, datasets, train_rows, callbacks).fit()
     artifact = open_clip_dir = None
     if cfg.run.export and result.checkpoint is not None and cfg.run.stop_at_step is None:
         artifact, open_clip_dir = export_final(result.checkpoint, output_dir)
