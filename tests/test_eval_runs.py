@@ -10,21 +10,25 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from open_clip.zero_shot_classifier import build_zero_shot_classifier
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
-from biomedclip.evaluate import EvaluateConfig, load_task, run_linear_probe, run_retrieval, run_zeroshot
-from biomedclip.evaluate.datasets import folder_dataset
+from biomedclip.evaluate import EvaluateConfig, ZeroShotTask, load_task, run_linear_probe, run_retrieval, run_zeroshot
+from biomedclip.evaluate.datasets import DataConfig, folder_dataset
 from biomedclip.evaluate.embed import EmbedConfig, embed_pairs
 from biomedclip.evaluate.linear_probe import stratified_split, stratified_subset
+from biomedclip.evaluate.runs import task_data_format
 from biomedclip.evaluate.zeroshot import class_weights
 from biomedclip.model import ModelConfig, TextConfig, VisionConfig, build_model, eval_transform
 from biomedclip.model.artifact import load_artifact, save_artifact
+from biomedclip.model.export import export_open_clip
 from biomedclip.pmc.schema import PAIR_SCHEMA
 from tests.helpers import roco_captions, train_tokenizer
 from tests.test_eval_datasets import LUNG
@@ -203,3 +207,120 @@ def test_job_refuses_a_bad_config_by_key(artifact, pairs_root, capsys):
                             "--set", "retrieval.chunk_size=0"])
     assert code == 2
     assert "retrieval" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def open_clip_dir(artifact, tmp_path_factory):
+    """The test artifact as an open_clip BiomedCLIP directory (open_clip_config.json + weights + tokenizer)."""
+    return export_open_clip(*load_artifact(artifact), tmp_path_factory.mktemp("open_clip"))
+
+
+@pytest.fixture(scope="module")
+def labelled_csv(realdata, tmp_path_factory):
+    """A path,label CSV of real LC25000 lung images plus three bad rows: a missing file, bytes that are not an
+    image, and a label no task or training set knows."""
+    folder = tmp_path_factory.mktemp("csv")
+    (folder / "broken.jpeg").write_bytes(b"\xff\xd8 not a jpeg")
+    lung = realdata / LUNG
+    rows = [(lung / "lung_aca" / f"lungaca{i}.jpeg", "lung_aca") for i in range(1, 5)]
+    rows += [(lung / "lung_n" / f"lungn{i}.jpeg", "lung_n") for i in range(1, 5)]
+    rows += [(lung / "lung_scc" / "lungscc1.jpeg", "lung_scc"), (lung / "lung_n" / "lungn1.jpeg", "colon_n"),
+             ("gone.png", "lung_n"), ("broken.jpeg", "lung_aca")]
+    path = folder / "labels.csv"
+    path.write_text("path,label\n" + "".join(f"{p},{label}\n" for p, label in rows))
+    return path
+
+
+def csv_problems(path: Path) -> dict[str, str]:
+    """The bad rows of `labelled_csv`, as the report names them."""
+    return {
+        "missing": f"{path.parent / 'gone.png'}: file not found (listed at {path}:12)",
+        "unreadable": f"{path.parent / 'broken.jpeg'}: unreadable image",
+        "unknown": "lungn1.jpeg: unknown label 'colon_n'",
+    }
+
+
+def known_rows(path: Path, labels: list[str]) -> tuple[list[Path], np.ndarray]:
+    """Images and class indices of the CSV rows that exist, decode and carry one of `labels`."""
+    rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
+    rows = [(Path(p), label) for p, label in rows if label in labels and Path(p).is_absolute()]
+    return [p for p, _ in rows], np.array([labels.index(label) for _, label in rows])
+
+
+def test_job_zeroshot_on_an_open_clip_checkpoint_equals_open_clip(ray_session, open_clip_dir, labelled_csv,
+                                                                   tmp_path, capsys):
+    tasks = tmp_path / "tasks.yaml"
+    tasks.write_text("lung-binary:\n  format: csv\n  primary_metric: auroc\n"
+                     "  templates: ['this is an image of {}', '{} presented in image']\n"
+                     "  classes: {lung_n: normal lung tissue, lung_aca: lung adenocarcinomas}\n")
+    out = tmp_path / "out"
+    code = load_job().main(["--checkpoint", str(open_clip_dir), "--task", "zeroshot", "--data", str(labelled_csv),
+                            "--set", "zeroshot.task=lung-binary", "--set", f"zeroshot.tasks_file={tasks}",
+                            "--output", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    report = json.loads((out / "zeroshot_lung-binary.json").read_text())
+
+    # oracle: open_clip itself, on the same directory, with its own preprocessing and zero-shot classifier
+    reference, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{open_clip_dir}")
+    reference.eval()
+    task = load_task("lung-binary", tasks)
+    paths, truth = known_rows(labelled_csv, task.labels)
+    with torch.no_grad():
+        features = reference.encode_image(torch.stack([preprocess(Image.open(p)) for p in paths]), normalize=True)
+        weights = build_zero_shot_classifier(reference, open_clip.get_tokenizer(f"local-dir:{open_clip_dir}"),
+                                             task.class_names, task.templates)
+    logits = (features @ weights).numpy()
+    predicted = logits.argmax(axis=1)
+    metrics = report["metrics"]
+    assert metrics["n"] == len(truth) == 8
+    assert metrics["confusion_matrix"] == confusion_matrix(truth, predicted, labels=[0, 1]).tolist()
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(truth, predicted))
+    assert report["primary"] == metrics["auroc"] == pytest.approx(roc_auc_score(truth, logits[:, 1] - logits[:, 0]))
+    problems = csv_problems(labelled_csv)
+    skipped = "\n".join(report["skipped"])
+    assert report["skipped_count"] == 4
+    assert problems["missing"] in skipped and "unknown label 'lung_scc'" in skipped
+    assert problems["unreadable"] in skipped and problems["unknown"] in skipped
+    assert "AUROC" in printed and (out / "zeroshot_lung-binary_confusion.png").is_file()
+
+
+def test_job_linear_probe_on_separate_test_data_equals_sklearn(ray_session, artifact, realdata, labelled_csv,
+                                                               tmp_path, capsys):
+    out = tmp_path / "out"
+    code = load_job().main(["--checkpoint", str(artifact), "--task", "linear-probe", "--data", str(realdata / LUNG),
+                            "--test-data", str(labelled_csv), "--output", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    report = json.loads((out / "linear_probe.json").read_text())
+
+    classes = ["lung_aca", "lung_n", "lung_scc"]
+    train = folder_dataset(realdata / LUNG)
+    train_x = direct_image_features(artifact, [train.load_image(i) for i in range(len(train.samples))])
+    train_y = np.array([classes.index(s.label) for s in train.samples])
+    paths, test_y = known_rows(labelled_csv, classes)
+    test_x = direct_image_features(artifact, [Image.open(p) for p in paths])
+    assert report["classes"] == classes and (report["n_train"], report["n_test"]) == (12, 9)
+    assert list(report["results"]) == ["0.01", "0.1", "1"]  # the default 1%, 10%, 100% of the training labels
+    for fraction, result in report["results"].items():
+        subset = stratified_subset(train_y, float(fraction), seed=0)
+        predicted = LogisticRegression(max_iter=1000).fit(train_x[subset], train_y[subset]).predict(test_x)
+        assert result["n_train"] == len(subset) == (3 if fraction != "1" else 12)
+        assert result["accuracy"] == pytest.approx(accuracy_score(test_y, predicted))
+        assert result["macro_f1"] == pytest.approx(f1_score(test_y, predicted, average="macro"))
+    problems = csv_problems(labelled_csv)
+    assert report["skipped_count"] == 3
+    assert all(problem in "\n".join(report["skipped"]) for problem in problems.values())
+    assert (out / "linear_probe_skipped.txt").read_text().count("\n") == 3
+    assert "100% of labels (12 examples)" in printed and (out / "linear_probe.png").is_file()
+
+
+def test_an_explicit_data_format_wins_over_the_tasks(tmp_path):
+    task = load_task("lc25000-lung")
+    config = EvaluateConfig()
+    assert task_data_format(task, tmp_path, config) == "folder"
+    config.data = DataConfig(format="csv")
+    assert task_data_format(task, tmp_path, config) == "csv"
+    (tmp_path / "labels.csv").write_text("path,label\n")
+    free = ZeroShotTask(templates=["{}"], classes={"a": "x", "b": "y"})
+    assert task_data_format(free, tmp_path / "labels.csv", EvaluateConfig()) == "csv"

@@ -157,12 +157,21 @@ def parquet_split(data: str | Path, split: str) -> Path:
 
 def _task_examples(checkpoint, data, task: ZeroShotTask, config: EvaluateConfig):
     """(image features, class indices, problems) of the examples whose labels the task knows."""
-    data_format = task.format if task.format != "auto" else detect_format(Path(data), config.data.split)
+    data_format = task_data_format(task, data, config)
     if data_format == "parquet":
         return _keyword_examples(checkpoint, parquet_split(data, config.data.split), task, config)
     embeddings = embed_dataset(checkpoint, open_dataset(data, config.data, data_format), config.embed)
     features, labels, problems = _indexed(embeddings, task.labels)
     return features, labels, embeddings.problems + problems
+
+
+def task_data_format(task: ZeroShotTask, data: str | Path, config: EvaluateConfig) -> str:
+    """An explicit data.format wins over the task's own (e.g. LC25000 listed in a CSV); with neither, the path's
+    contents decide."""
+    for data_format in (config.data.format, task.format):
+        if data_format != "auto":
+            return data_format
+    return detect_format(Path(data), config.data.split)
 
 
 def _keyword_examples(checkpoint, split_dir: Path, task: ZeroShotTask, config: EvaluateConfig):
