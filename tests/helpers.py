@@ -1,6 +1,7 @@
 """Small builders shared by tests: a tiny model config and real captions/images from the shared samples."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from biomedclip.model import ModelConfig, TextConfig, VisionConfig
@@ -34,3 +35,12 @@ def tiny_config(tokenizer: Tokenizer, image_size: int = 224, patch_dropout: floa
 
 def train_tokenizer(captions: list[str], context_length: int = 77) -> Tokenizer:
     return Tokenizer.train(captions, vocab_size=1000, context_length=context_length, min_frequency=1)
+
+
+def load_job(name: str):
+    """The module of `jobs/<name>.py`, so that a test calls its `main` as the command line would."""
+    path = Path(__file__).resolve().parent.parent / "jobs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_job", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

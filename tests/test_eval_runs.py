@@ -3,7 +3,6 @@
 Oracle for every Ray run: the same tiny model run in this process, plus the brute-force / scikit-learn computations.
 """
 import hashlib
-import importlib.util
 import io
 import json
 import shutil
@@ -30,11 +29,12 @@ from biomedclip.model import ModelConfig, TextConfig, VisionConfig, build_model,
 from biomedclip.model.artifact import load_artifact, save_artifact
 from biomedclip.model.export import export_open_clip
 from biomedclip.pmc.schema import PAIR_SCHEMA
-from tests.helpers import roco_captions, train_tokenizer
+from tests.helpers import load_job, roco_captions, train_tokenizer
 from tests.test_eval_datasets import LUNG
 from tests.test_eval_retrieval import brute_force_ranks
 
 REPO = Path(__file__).resolve().parent.parent
+EVALUATE = load_job("evaluate")
 # (image under realdata/images, caption): the captions name the modality, as PMC captions do.
 FIGURES = [
     ("xray/nih_cxr14_00000001_000.png", "Chest radiograph (X-ray) showing cardiomegaly."),
@@ -178,17 +178,10 @@ def test_linear_probe_equals_sklearn_on_the_same_features(ray_session, artifact,
     assert (tmp_path / "linear_probe.png").is_file()
 
 
-def load_job():
-    spec = importlib.util.spec_from_file_location("evaluate_job", REPO / "jobs" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_job_runs_the_demo_zeroshot_on_caption_keywords(ray_session, artifact, pairs_root, tmp_path, capsys):
     out = tmp_path / "out"
-    code = load_job().main(["--checkpoint", str(artifact), "--task", "zeroshot", "--data", str(pairs_root / "test"),
-                            "--config", str(REPO / "jobs/configs/evaluate_demo.yaml"), "--output", str(out)])
+    code = EVALUATE.main(["--checkpoint", str(artifact), "--task", "zeroshot", "--data", str(pairs_root / "test"),
+                          "--config", str(REPO / "jobs/configs/evaluate_demo.yaml"), "--output", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed
     report = json.loads((out / "zeroshot_pmc-modality.json").read_text())
@@ -203,8 +196,8 @@ def test_job_runs_the_demo_zeroshot_on_caption_keywords(ray_session, artifact, p
 
 
 def test_job_refuses_a_bad_config_by_key(artifact, pairs_root, capsys):
-    code = load_job().main(["--checkpoint", str(artifact), "--task", "retrieval", "--data", str(pairs_root),
-                            "--set", "retrieval.chunk_size=0"])
+    code = EVALUATE.main(["--checkpoint", str(artifact), "--task", "retrieval", "--data", str(pairs_root),
+                          "--set", "retrieval.chunk_size=0"])
     assert code == 2
     assert "retrieval" in capsys.readouterr().err
 
@@ -254,9 +247,9 @@ def test_job_zeroshot_on_an_open_clip_checkpoint_equals_open_clip(ray_session, o
                      "  templates: ['this is an image of {}', '{} presented in image']\n"
                      "  classes: {lung_n: normal lung tissue, lung_aca: lung adenocarcinomas}\n")
     out = tmp_path / "out"
-    code = load_job().main(["--checkpoint", str(open_clip_dir), "--task", "zeroshot", "--data", str(labelled_csv),
-                            "--set", "zeroshot.task=lung-binary", "--set", f"zeroshot.tasks_file={tasks}",
-                            "--output", str(out)])
+    code = EVALUATE.main(["--checkpoint", str(open_clip_dir), "--task", "zeroshot", "--data", str(labelled_csv),
+                          "--set", "zeroshot.task=lung-binary", "--set", f"zeroshot.tasks_file={tasks}",
+                          "--output", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed
     report = json.loads((out / "zeroshot_lung-binary.json").read_text())
@@ -288,8 +281,8 @@ def test_job_zeroshot_on_an_open_clip_checkpoint_equals_open_clip(ray_session, o
 def test_job_linear_probe_on_separate_test_data_equals_sklearn(ray_session, artifact, realdata, labelled_csv,
                                                                tmp_path, capsys):
     out = tmp_path / "out"
-    code = load_job().main(["--checkpoint", str(artifact), "--task", "linear-probe", "--data", str(realdata / LUNG),
-                            "--test-data", str(labelled_csv), "--output", str(out)])
+    code = EVALUATE.main(["--checkpoint", str(artifact), "--task", "linear-probe", "--data", str(realdata / LUNG),
+                          "--test-data", str(labelled_csv), "--output", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed
     report = json.loads((out / "linear_probe.json").read_text())

@@ -2,7 +2,6 @@
 checkpoints, TensorBoard, curves, export; stop-and-resume (checkpoints on a local S3) equal to an uninterrupted run."""
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -20,16 +19,11 @@ from biomedclip.train.curriculum import CurriculumError, Stage, plan
 from biomedclip.train.optim import cosine_with_warmup
 from biomedclip.train.synthetic import write_shapes_corpus
 from biomedclip.train.trainer import run_pretraining
+from tests.helpers import load_job
 
 REPO = Path(__file__).resolve().parent.parent
+PRETRAIN = load_job("pretrain")
 LR, WARMUP = 1e-3, 2
-
-
-def load_job():
-    spec = importlib.util.spec_from_file_location("pretrain_job", REPO / "jobs" / "pretrain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +50,7 @@ def overrides(data: Path, tokenizer: Path, output: Path, *extra: str) -> list[st
 def uninterrupted(ray_session, corpus, tmp_path_factory):
     data, tokenizer = corpus
     output = tmp_path_factory.mktemp("run_a")
-    outcome = load_job().main(["--config", str(REPO / "jobs/configs/tiny.yaml"), *overrides(data, tokenizer, output)])
+    outcome = PRETRAIN.main(["--config", str(REPO / "jobs/configs/tiny.yaml"), *overrides(data, tokenizer, output)])
     return outcome, output
 
 
@@ -92,7 +86,7 @@ def test_stop_and_resume_from_s3_equals_uninterrupted(uninterrupted, corpus, tmp
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="ckpt")
     args = overrides(data, tokenizer, tmp_path, "run.name=resumed", "run.storage_path=s3://ckpt/runs",
                      f"run.s3_endpoint={s3_server}")
-    job = load_job()
+    job = PRETRAIN
     stopped = job.main(["--config", str(REPO / "jobs/configs/tiny.yaml"), *args, "--set", "run.stop_at_step=5"])
     assert stopped.result.metrics["global_step"] == 5  # mid-epoch 1: one of its two k=2 steps done
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_server).list_objects_v2(Bucket="ckpt")["Contents"]]

@@ -1,5 +1,4 @@
 """Fine-tuning end to end through the job on Ray Train (2 workers) on the real VQA-RAD sample; the synthetic input."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,21 +9,16 @@ from PIL import Image
 from biomedclip.model.artifact import save_artifact
 from biomedclip.vqa import load_vqa_predictor, load_vqa_rad, save_vqa_artifact
 from biomedclip.vqa.synthetic import derive_questions
+from tests.helpers import load_job
 from tests.vqa_helpers import (linked_dataset, synthetic_rows, tiny_encoder, vqa_rad_dir, vqa_rad_public,
                                write_corpus_parquet)
 
 REPO = Path(__file__).resolve().parent.parent
+FINETUNE_VQA = load_job("finetune_vqa")
 TINY_CONFIG = REPO / "jobs" / "configs" / "finetune_vqa_tiny.yaml"
 MISSING_IMAGE = "synpic54610.jpg"
 EPOCHS = 6
 WORKERS = 2  # DDP and the sharded test scoring run for real
-
-
-def _job():
-    spec = importlib.util.spec_from_file_location("finetune_vqa", REPO / "jobs" / "finetune_vqa.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +32,10 @@ def finetuned(ray_session, realdata, checkpoint, tmp_path_factory):
     """The job run once, on 2 workers, on the real sample with one image left out of the dataset folder."""
     root = tmp_path_factory.mktemp("vqa_rad")
     data = linked_dataset(vqa_rad_dir(realdata), root / "data", "images", leave_out=(MISSING_IMAGE,))
-    metrics = _job().main(["--checkpoint", str(checkpoint), "--dataset", "vqa-rad", "--data", str(data),
-                           "--config", str(TINY_CONFIG), "--set", f"train.epochs={EPOCHS}",
-                           "--set", f"train.num_workers={WORKERS}", "--set", "train.batch_size=8",
-                           "--output", str(root / "out")])
+    metrics = FINETUNE_VQA.main(["--checkpoint", str(checkpoint), "--dataset", "vqa-rad", "--data", str(data),
+                                 "--config", str(TINY_CONFIG), "--set", f"train.epochs={EPOCHS}",
+                                 "--set", f"train.num_workers={WORKERS}", "--set", "train.batch_size=8",
+                                 "--output", str(root / "out")])
     return metrics, root / "out", data
 
 
@@ -104,7 +98,7 @@ def test_job_derives_the_synthetic_set_and_reads_it_as_vqa_rad(tmp_path):
     rows = synthetic_rows(6)
     write_corpus_parquet(tmp_path / "corpus", "train", rows[:4])
     write_corpus_parquet(tmp_path / "corpus", "test", rows[4:])
-    job = _job()
+    job = FINETUNE_VQA
     args = job.parse_args(["--checkpoint", "unused", "--dataset", "synthetic", "--data", str(tmp_path / "corpus"),
                            "--output", str(tmp_path / "out")])
     cfg = job.load_config(job.FinetuneConfig, args.config)
@@ -119,9 +113,9 @@ def test_job_on_the_synthetic_corpus_in_local_mode(checkpoint, tmp_path):
     rows = synthetic_rows(12)
     write_corpus_parquet(tmp_path / "corpus", "train", rows[:8])
     write_corpus_parquet(tmp_path / "corpus", "test", rows[8:])
-    metrics = _job().main(["--checkpoint", str(checkpoint), "--dataset", "synthetic", "--data",
-                           str(tmp_path / "corpus"), "--config", str(TINY_CONFIG), "--set", "train.epochs=2",
-                           "--set", "train.num_workers=0", "--output", str(tmp_path / "out")])
+    metrics = FINETUNE_VQA.main(["--checkpoint", str(checkpoint), "--dataset", "synthetic", "--data",
+                                 str(tmp_path / "corpus"), "--config", str(TINY_CONFIG), "--set", "train.epochs=2",
+                                 "--set", "train.num_workers=0", "--output", str(tmp_path / "out")])
     held_out = json.loads((tmp_path / "out" / "vqa_set" / "testset.json").read_text())
     assert metrics["test"]["n"] == metrics["history"][-1]["test_n"] == len(held_out)
     assert metrics["test"]["accuracy"] == metrics["history"][-1]["test_accuracy"]
