@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_raylet_start_wait_time_s ?= 120
 
-.PHONY: install browser demo test test-long test-fast
+.PHONY: install browser demo test test-fast
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,14 +29,10 @@ demo: $(STAMP)
 	mkdir -p $(RAY_TMPDIR)
 	$(BIN)/python jobs/demo.py --output demo_out
 
-# The CI suite: everything but the `long` end-to-end runs, which together exceed CI's 30 minutes on 2 cores.
+# The CI suite, end-to-end runs included.
 test: $(STAMP) browser
 	mkdir -p $(RAY_TMPDIR)
-	$(BIN)/python -m pytest -q --durations=15 -m "not long"
-
-test-long: $(STAMP)
-	mkdir -p $(RAY_TMPDIR)
-	$(BIN)/python -m pytest -q --durations=15 -m long
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not long"
+	$(BIN)/python -m pytest -q -m "not slow"

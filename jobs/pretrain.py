@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 
-import ray
-
 from biomedclip.config import ConfigError, load_config
+from biomedclip.ray_runtime import connect_or_start
 from biomedclip.train.config import PretrainConfig
 from biomedclip.train.trainer import run_pretraining
 
@@ -29,18 +27,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def start_ray(cfg: PretrainConfig, num_cpus: int | None) -> None:
-    """Joins RAY_ADDRESS (a cluster, or `ray job submit`), else starts a local Ray whose logical CPUs cover the
-    training workers and one more for Ray Data, which would otherwise wait forever on a 2-core laptop."""
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    needed = math.ceil(cfg.run.worker_range[1] * cfg.run.cpus_per_worker) + 1
-    ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, needed))
-
-
 def main(argv: list[str] | None = None):
     args = parse_args(argv)
     try:
@@ -49,7 +35,8 @@ def main(argv: list[str] | None = None):
         sys.exit(f"config error: {err}")
     if not cfg.data.path:
         sys.exit("config error: data.path: set it to the extraction output (a directory or s3://bucket/prefix)")
-    start_ray(cfg, args.num_cpus)
+    needed = math.ceil(cfg.run.worker_range[1] * cfg.run.cpus_per_worker) + 1  # the workers, and Ray Data
+    connect_or_start(lambda machine_cpus: max(machine_cpus, needed), args.num_cpus)
     outcome = run_pretraining(cfg, progress=lambda line: print(line, flush=True))
     metrics = outcome.result.metrics or {}
     print("final metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))

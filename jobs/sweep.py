@@ -10,12 +10,10 @@ finished trials are kept, unfinished ones continue from their last checkpoint. J
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-import ray
-
 from biomedclip.config import ConfigError, load_config
+from biomedclip.ray_runtime import connect_or_start
 from biomedclip.tune.config import SweepConfig
 from biomedclip.tune.resources import local_cpus
 from biomedclip.tune.runner import run_sweep
@@ -42,24 +40,11 @@ def load_sweep(path: str, overrides: list[str]) -> SweepConfig:
     return sweep
 
 
-def start_ray(sweep: SweepConfig, num_cpus: int | None) -> None:
-    """Joins RAY_ADDRESS, else starts a local Ray whose logical CPUs hold `max_concurrent` of the largest trials
-    (workers, data tasks, drivers): Ray Data would otherwise wait forever for a CPU on a 2-core laptop."""
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    cpus = num_cpus or local_cpus(sweep, load_base(sweep), os.cpu_count() or 1)
-    print(f"starting a local Ray with {cpus} logical CPUs", flush=True)
-    ray.init(num_cpus=cpus)
-
-
 def main(argv: list[str] | None = None):
     args = parse_args(argv)
     try:
         sweep = load_sweep(args.config, args.overrides)
-        start_ray(sweep, args.num_cpus)
+        connect_or_start(lambda machine_cpus: local_cpus(sweep, load_base(sweep), machine_cpus), args.num_cpus)
         outcome = run_sweep(sweep, progress=lambda line: print(line, flush=True))
     except ConfigError as err:
         sys.exit(f"config error: {err}")

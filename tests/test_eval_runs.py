@@ -93,7 +93,7 @@ def direct_image_features(artifact_dir: Path, images: list[Image.Image]) -> np.n
     model, _ = load_artifact(artifact_dir)
     transform = eval_transform(model.config.vision.image_size)
     with torch.no_grad():
-        return model.encode_image(torch.stack([transform(image) for image in images])).numpy()
+        return model.encode_image(torch.from_numpy(np.stack([transform(image) for image in images]))).numpy()
 
 
 def direct_pair_features(artifact_dir: Path, root: Path) -> tuple[list[str], np.ndarray, np.ndarray]:

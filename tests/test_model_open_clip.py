@@ -1,4 +1,5 @@
 """Our BiomedCLIP against open_clip (the oracle): same names, same outputs, same preprocessing, same tokens."""
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -31,6 +32,15 @@ def test_state_dict_names_are_open_clips(exported):
     assert not any("pooler" in name for name in ours)
 
 
+def test_preprocessing_equals_open_clips_on_real_images(exported, realdata):
+    model, _, _, _, preprocess = exported
+    transform = eval_transform(model.config.vision.image_size)
+    for path in real_images(realdata):
+        with Image.open(path) as image:  # greyscale, RGB, palette and 16-bit files among them
+            np.testing.assert_allclose(transform(image), preprocess(image).numpy(), rtol=0, atol=1e-6,
+                                       err_msg=path.name)
+
+
 def test_image_features_match_on_real_images(exported, realdata):
     model, _, _, reference, preprocess = exported
     paths = real_images(realdata)
@@ -39,7 +49,7 @@ def test_image_features_match_on_real_images(exported, realdata):
     with torch.no_grad():
         for path in paths:
             image = Image.open(path)
-            ours = model.encode_image(transform(image)[None])
+            ours = model.encode_image(torch.from_numpy(transform(image))[None])
             theirs = reference.encode_image(preprocess(image)[None], normalize=True)
             assert (ours - theirs).abs().max().item() <= 1e-5, path.name
 

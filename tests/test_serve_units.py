@@ -204,7 +204,7 @@ def test_engine_label_features_are_prompt_ensembles(tiny_artifact):
             np.testing.assert_allclose(row, (mean / mean.norm()).numpy(), atol=1e-5)
     image = Image.open(io.BytesIO(jpeg_bytes((300, 240))))
     with torch.no_grad():
-        expected = model.encode_image(eval_transform(224)(image.convert("RGB"))[None])[0].numpy()
+        expected = model.encode_image(torch.from_numpy(eval_transform(224)(image.convert("RGB")))[None])[0].numpy()
     np.testing.assert_allclose(engine.encode_images([image.convert("RGB")])[0], expected, atol=1e-5)
     assert engine.logit_scale == pytest.approx(float(model.logit_scale.exp()))
 

@@ -101,7 +101,6 @@ class Job:
 
 
 @pytest.mark.slow
-@pytest.mark.long
 def test_sweep_stops_weak_trials_resumes_after_ctrl_c_and_writes_results(corpus, tmp_path):
     storage = tmp_path / "sweeps"
     experiment = storage / "tiny-sweep"

@@ -72,7 +72,7 @@ class Encoder:
                 errors.append(f"unreadable image: {type(err).__name__}: {err}")
         features = np.zeros((len(loaders), self.dim), dtype=np.float32)
         if pixels:
-            encoded = self.model.encode_image(torch.stack(pixels).to(self.device)).float().cpu().numpy()
+            encoded = self.model.encode_image(torch.from_numpy(np.stack(pixels)).to(self.device)).float().cpu().numpy()
             features[[i for i, error in enumerate(errors) if not error]] = encoded
         return features, errors
 

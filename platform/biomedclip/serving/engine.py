@@ -26,7 +26,7 @@ class ClipEngine:
     @torch.inference_mode()
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
         """Normalised image embeddings (N, D) float32 for decoded RGB images."""
-        pixels = torch.stack([self.transform(image) for image in images]).to(self.device)
+        pixels = torch.from_numpy(np.stack([self.transform(image) for image in images])).to(self.device)
         return self.model.encode_image(pixels).float().cpu().numpy()
 
     @torch.inference_mode()

@@ -10,7 +10,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import torch
 from tokenizers import Tokenizer as FastTokenizer
 from tokenizers.processors import BertProcessing
 from tokenizers.implementations import BertWordPieceTokenizer
@@ -79,7 +78,11 @@ class Tokenizer:
         encodings = self.backend.encode_batch([str(t) for t in texts])
         return np.asarray([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), self.context_length)
 
-    def __call__(self, texts: list[str]) -> torch.Tensor:
+    def __call__(self, texts: list[str]):
+        """Token ids as a torch tensor. torch loads here, not with the module: Ray Data tasks that only encode
+        should not pay its import."""
+        import torch
+
         return torch.from_numpy(self.encode(texts))
 
 

@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -90,7 +91,7 @@ class VQAPredictor:
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
         if any(not isinstance(q, str) or not q.strip() for q in questions):
             raise ValueError("every question must be a non-empty string")
-        pixels = torch.stack([self.transform(image) for image in images]).to(self.device)
+        pixels = torch.from_numpy(np.stack([self.transform(image) for image in images])).to(self.device)
         return self.model(pixels, self.tokenizer(questions).to(self.device)).float().cpu()
 
     def predict(self, images: list[Image.Image], questions: list[str]) -> list[dict]:

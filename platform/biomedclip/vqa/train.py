@@ -103,9 +103,9 @@ class VQATorchDataset(Dataset):
         if path not in self._cache:
             with Image.open(path) as image:
                 rgb = image.convert("RGB")
-            self._cache[path] = self.transform(rgb) if self.deterministic else rgb
+            self._cache[path] = torch.from_numpy(self.transform(rgb)) if self.deterministic else rgb
         cached = self._cache[path]
-        return cached if self.deterministic else self.transform(cached)
+        return cached if self.deterministic else torch.from_numpy(self.transform(cached))
 
     def __getitem__(self, index: int):
         return self._pixels(self.records[index].image), self.token_ids[index], self.labels[index]
