@@ -41,6 +41,18 @@ def test_train_transform_is_seeded_varies_per_call_and_is_normalised():
     assert (a.min(axis=(1, 2)) >= lowest - 1e-5).all() and (a.max(axis=(1, 2)) <= highest + 1e-5).all()
 
 
+def test_training_crop_equals_torchvisions_resized_crop_of_the_same_box():
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (240, 320, 3), dtype=np.uint8))
+    left, top, right, bottom = random_crop_box(*image.size, np.random.default_rng(3))
+    ours = train_transform(96, np.random.default_rng(3))(image)
+    cropped = F.resized_crop(image, top, left, bottom - top, right - left, [96, 96], InterpolationMode.BICUBIC)
+    theirs = F.normalize(F.to_tensor(cropped), OPENAI_MEAN, OPENAI_STD).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
+
+
 def test_greyscale_and_palette_images_become_three_channels():
     for mode in ("L", "P", "RGBA", "I;16"):
         image = Image.new(mode, (50, 80))
