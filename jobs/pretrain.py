@@ -14,7 +14,7 @@ import sys
 from biomedclip.config import ConfigError, load_config
 from biomedclip.ray_runtime import connect_or_start
 from biomedclip.train.config import PretrainConfig
-from biomedclip.train.trainer import run_pretraining
+from biomedclip.train.trainer import run_pretraining, workers_cpus
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None):
         sys.exit(f"config error: {err}")
     if not cfg.data.path:
         sys.exit("config error: data.path: set it to the extraction output (a directory or s3://bucket/prefix)")
-    needed = math.ceil(cfg.run.worker_range[1] * cfg.run.cpus_per_worker) + 1  # the workers, and Ray Data
+    needed = math.ceil(workers_cpus(cfg)) + 1  # the workers, and one CPU for Ray Data
     connect_or_start(lambda machine_cpus: max(machine_cpus, needed), args.num_cpus)
     outcome = run_pretraining(cfg, progress=lambda line: print(line, flush=True))
     metrics = outcome.result.metrics or {}

@@ -57,13 +57,18 @@ def check_curriculum(cfg: PretrainConfig, train_rows: int) -> None:
         curriculum.plan(cfg.train.curriculum, cfg.train.epochs, cfg.data.micro_batch, world_size, train_rows)
 
 
+def workers_cpus(cfg: PretrainConfig) -> float:
+    """CPUs the training workers hold at the largest allowed worker count."""
+    return cfg.run.worker_range[1] * cfg.run.cpus_per_worker
+
+
 def warn_if_data_starves(cfg: PretrainConfig, progress: Callable[[str], None]) -> None:
     """Ray Data decodes on the CPUs the workers leave free: with none left, training waits forever for its first
     batch. Only a warning, since an autoscaling cluster may still add nodes."""
-    workers_cpus = cfg.run.worker_range[1] * cfg.run.cpus_per_worker
+    workers = workers_cpus(cfg)
     cluster_cpus = ray.cluster_resources().get("CPU", 0)
-    if cluster_cpus - workers_cpus < 1:
-        progress(f"warning: run.num_workers x run.cpus_per_worker = {workers_cpus:g} CPUs leaves less than one of "
+    if cluster_cpus - workers < 1:
+        progress(f"warning: run.num_workers x run.cpus_per_worker = {workers:g} CPUs leaves less than one of "
                  f"the cluster's {cluster_cpus:g} CPUs for data preprocessing; training stalls unless nodes are "
                  "added (lower run.cpus_per_worker, or start Ray with more logical CPUs)")
 
