@@ -97,7 +97,7 @@ def ray_loop(cfg_path: Path, global_batch: int, steps: int, data_dir: Path, out_
 
 
 def run_cpu(args) -> dict:
-    from biomedclip.train.synthetic import write_shapes_corpus
+    from biomedclip.samples.shapes import write_shapes_corpus
 
     cfg = load_config(PretrainConfig, args.config)
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,7 +4,7 @@
         [--config jobs/configs/finetune_vqa.yaml] [--set train.epochs=5 ...] [--lang en] [--output DIR]
 
 CKPT is a BiomedCLIP artifact directory (`save_artifact`, or an open_clip BiomedCLIP folder). `synthetic` takes the
-extraction job's Parquet output and first derives a VQA set from it (biomedclip.vqa.synthetic). Writes to --output:
+extraction job's Parquet output and first derives a VQA set from it (biomedclip.samples.vqa). Writes to --output:
 model/ (the VQA artifact for serving), metrics.json (per-epoch history + final accuracies of the saved model) and
 predictions.json (one row per test question).
 """
@@ -20,7 +20,7 @@ import ray
 from biomedclip.config import load_config
 from biomedclip.vqa import AnswerVocab, load_vqa_dataset, load_vqa_predictor
 from biomedclip.vqa.evaluate import evaluate_predictor
-from biomedclip.vqa.synthetic import write_vqa_set
+from biomedclip.samples.vqa import write_vqa_set
 from biomedclip.vqa.train import FinetuneConfig, finetune
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "finetune_vqa.yaml"

@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 
-from biomedclip.pmc.sample_corpus import write_sample_corpus
+from biomedclip.samples.corpus import write_sample_corpus
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from biomedclip.model.artifact import load_artifact
-from biomedclip.pmc.sample_corpus import write_sample_corpus
+from biomedclip.samples.corpus import write_sample_corpus
 from biomedclip.train.checkpointing import TRAIN_STATE
 from biomedclip.train.loop import CURVES_PNG
 from tests.cluster_local import VENV_BIN, LocalCluster, local_cluster, working_dir_package

@@ -18,7 +18,7 @@ from PIL import Image
 
 from biomedclip.data.extract import ExtractConfig, ExtractError, run_extraction
 from biomedclip.pmc.pairs import PairConfig, build_pairs, load_article
-from biomedclip.pmc.sample_corpus import write_sample_corpus
+from biomedclip.samples.corpus import write_sample_corpus
 from biomedclip.pmc.schema import PAIR_SCHEMA
 from biomedclip.pmc.sources import Source, SourceConfig
 from biomedclip.pmc.split import SPLITS

@@ -12,7 +12,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from biomedclip.data.extract import ExtractConfig, run_extraction
-from biomedclip.pmc.sample_corpus import write_sample_corpus
+from biomedclip.samples.corpus import write_sample_corpus
 from biomedclip.pmc.sources import SourceConfig
 from biomedclip.pmc.split import SPLITS
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from biomedclip.pmc.sample_corpus import write_sample_corpus
-from biomedclip.pmc.sample_figures import CHART_COLOURS, NUMBERS, RENDERERS
+from biomedclip.samples.corpus import write_sample_corpus
+from biomedclip.samples.figures import CHART_COLOURS, NUMBERS, RENDERERS
 
 
 def blobs(mask: np.ndarray, min_area: int) -> list[np.ndarray]:

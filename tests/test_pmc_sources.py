@@ -15,7 +15,7 @@ import pytest
 from biomedclip.pmc.archives import ArchiveLimits, read_tar_gz
 from biomedclip.pmc.media import match_media
 from biomedclip.pmc.pairs import PairConfig, build_pairs, load_article
-from biomedclip.pmc.sample_corpus import write_sample_corpus
+from biomedclip.samples.corpus import write_sample_corpus
 from biomedclip.pmc.skips import Skipped
 from biomedclip.pmc.sources import Source, SourceConfig
 from biomedclip.pmc.stores import key_from_url, safe_key

@@ -9,7 +9,7 @@ import pytest
 
 from biomedclip.config import load_config
 from biomedclip.data.extract import ExtractConfig, run_extraction
-from biomedclip.pmc.sample_corpus import write_sample_corpus
+from biomedclip.samples.corpus import write_sample_corpus
 from biomedclip.pmc.sources import SourceConfig
 from biomedclip.pmc.split import SplitConfig
 from biomedclip.train.config import PretrainConfig

@@ -17,7 +17,7 @@ from biomedclip.train.checkpointing import TRAIN_STATE
 from biomedclip.train.config import PretrainConfig
 from biomedclip.train.curriculum import CurriculumError, Stage, plan
 from biomedclip.train.optim import cosine_with_warmup
-from biomedclip.train.synthetic import write_shapes_corpus
+from biomedclip.samples.shapes import write_shapes_corpus
 from biomedclip.train.trainer import run_pretraining
 from tests.helpers import load_job
 

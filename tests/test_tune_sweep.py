@@ -19,7 +19,7 @@ from PIL import Image
 from biomedclip.config import ConfigError, load_config
 from biomedclip.text import Tokenizer
 from biomedclip.train.config import PretrainConfig
-from biomedclip.train.synthetic import write_shapes_corpus
+from biomedclip.samples.shapes import write_shapes_corpus
 from biomedclip.tune.config import SweepConfig
 from biomedclip.tune.resources import local_cpus, plan_concurrency
 from biomedclip.tune.space import load_base

@@ -8,7 +8,7 @@ from PIL import Image
 
 from biomedclip.model.artifact import save_artifact
 from biomedclip.vqa import load_vqa_predictor, load_vqa_rad, save_vqa_artifact
-from biomedclip.vqa.synthetic import derive_questions
+from biomedclip.samples.vqa import derive_questions
 from tests.helpers import load_job
 from tests.vqa_helpers import (linked_dataset, synthetic_rows, tiny_encoder, vqa_rad_dir, vqa_rad_public,
                                write_corpus_parquet)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from biomedclip.vqa.datasets import load_vqa_rad
-from biomedclip.vqa.synthetic import Question, derive_questions, modality_of, write_vqa_set
+from biomedclip.samples.vqa import Question, derive_questions, modality_of, write_vqa_set
 from tests.vqa_helpers import synthetic_rows, write_corpus_parquet
 
 
@@ -69,7 +69,7 @@ KIND_MODALITY = {"radiograph": "x-ray", "ct": "ct", "histology": "histology", "f
 
 def test_questions_on_the_sample_corpus_figures_match_their_drawn_facts():
     """Oracle: the facts the sample corpus drew each figure from (count, colour, trend), never the caption parse."""
-    sample_figures = pytest.importorskip("biomedclip.pmc.sample_figures")
+    sample_figures = pytest.importorskip("biomedclip.samples.figures")
     seen = set()
     for seed in range(200):
         figure = sample_figures.render_figure(np.random.default_rng(seed), (64, 64))

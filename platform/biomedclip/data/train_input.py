@@ -19,10 +19,10 @@ from ray.data import DataContext
 from tokenizers import Tokenizer as FastTokenizer
 
 from biomedclip.model.transforms import decode_image, eval_transform, train_transform
+from biomedclip.pmc.schema import MODEL_INPUT_COLUMNS
 from biomedclip.text import Tokenizer
 
 PIXELS, TOKENS = "pixels", "token_ids"
-SOURCE_COLUMNS = ["pmcid", "fig_id", "caption", "image"]
 
 
 def filesystem_for(uri: str, s3_endpoint: str | None = None) -> tuple[pafs.FileSystem | None, str]:
@@ -53,7 +53,7 @@ def read_split(path: str, split: str, s3_endpoint: str | None = None, columns=No
         dataset = ray.data.read_parquet(f"{root}/{split}", filesystem=filesystem, file_extensions=["parquet"])
     finally:
         context.use_datasource_v2 = default
-    return dataset.select_columns(columns or SOURCE_COLUMNS)
+    return dataset.select_columns(columns or MODEL_INPUT_COLUMNS)
 
 
 def _split_files(path: str, split: str, s3_endpoint: str | None = None) -> pads.Dataset:

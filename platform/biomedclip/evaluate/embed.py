@@ -18,8 +18,7 @@ import torch
 from biomedclip.evaluate.datasets import Problem
 from biomedclip.model.artifact import load_artifact
 from biomedclip.model.transforms import decode_image, eval_transform
-
-PARQUET_COLUMNS = ["pmcid", "fig_id", "caption", "image"]
+from biomedclip.pmc.schema import MODEL_INPUT_COLUMNS
 
 
 @dataclass
@@ -118,7 +117,7 @@ class DatasetEmbedder:
 def embed_pairs(artifact_dir: str | Path, split_dir: str | Path, config: EmbedConfig | None = None,
                 with_text: bool = True) -> PairEmbeddings:
     """Embeds every figure (and, with `with_text`, caption) of a Parquet split, sorted by pmcid/fig_id."""
-    rows = ray.data.read_parquet(str(split_dir)).select_columns(PARQUET_COLUMNS)
+    rows = ray.data.read_parquet(str(split_dir)).select_columns(MODEL_INPUT_COLUMNS)
     out = _collect(_map(rows, PairEmbedder, {"artifact_dir": str(artifact_dir), "with_text": with_text}, config))
     if not out:
         raise ValueError(f"{split_dir}: the split holds no rows")

@@ -21,6 +21,9 @@ PAIR_SCHEMA = pa.schema([
     pa.field("doi", pa.string()),
 ])
 
+# What training, evaluation and indexing read of a pair shard.
+MODEL_INPUT_COLUMNS = ["pmcid", "fig_id", "caption", "image"]
+
 STAGED_SCHEMA = PAIR_SCHEMA.append(pa.field("pair_key", pa.string(), nullable=False)).append(
     pa.field("caption_words", pa.int32(), nullable=False))
 

@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from biomedclip.pmc.schema import PAIR_SCHEMA
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (235, 210, 30),
            "purple": (140, 40, 170), "black": (20, 20, 20)}
 SHAPES = ("circle", "square", "triangle")
@@ -48,19 +50,11 @@ def _rows(split: str, count: int, rng: np.random.Generator) -> pa.Table:
         rows.append({
             "pmcid": f"PMC{(9 if split == 'train' else 8) * 1_000_000 + index}", "pmid": None, "fig_id": f"{split}-F{index}", "label": f"Figure {index + 1}",
             "caption": f"Figure {index + 1}. A {size} {colour} {shape} on a light background.",
-            "inline_refs": [], "image": image, "width": SIZE, "height": SIZE, "orig_width": SIZE,
+            "inline_refs": "", "image": image, "width": SIZE, "height": SIZE, "orig_width": SIZE,
             "orig_height": SIZE, "license": "CC BY", "split": split, "sha256": hashlib.sha256(image).hexdigest(),
             "doi": None,
         })
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
-
-
-SCHEMA = pa.schema([
-    ("pmcid", pa.string()), ("pmid", pa.string()), ("fig_id", pa.string()), ("label", pa.string()),
-    ("caption", pa.string()), ("inline_refs", pa.list_(pa.string())), ("image", pa.binary()),
-    ("width", pa.int32()), ("height", pa.int32()), ("orig_width", pa.int32()), ("orig_height", pa.int32()),
-    ("license", pa.string()), ("split", pa.string()), ("sha256", pa.string()), ("doi", pa.string()),
-])
+    return pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
 
 
 def write_shapes_corpus(out_dir: str | Path, train: int = 256, val: int = 48, seed: int = 0,

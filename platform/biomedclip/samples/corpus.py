@@ -1,6 +1,6 @@
 """A synthetic PMC corpus in the real layouts, deterministic by seed, for the demo and the tests.
 
-Each article is a JATS XML file citing its figures in the text, with 1-3 figures from `sample_figures` (captions that
+Each article is a JATS XML file citing its figures in the text, with 1-3 figures from `samples.figures` (captions that
 state what is visible) stored as JPEG, PNG, GIF or TIFF, hrefs mostly without extension as in PMC. Layouts:
 - "s3": the PMC Cloud Service layout as local files (metadata/PMC{id}.1.json + PMC{id}.1/...), ~2% retracted;
 - "tar": legacy OA packages PMC{id}.tar.gz (with .gif thumbnails beside .jpg figures, as PMC ships them);
@@ -23,7 +23,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
-from biomedclip.pmc.sample_figures import SampleFigure, render_figure
+from biomedclip.samples.figures import SampleFigure, render_figure
 
 FIRST_PMCID = 9_100_000
 REUSE_POOL = 64  # recent figures an article may reuse (bounded, so big corpora stay in constant memory)
