@@ -24,7 +24,7 @@ from biomedclip.evaluate.datasets import DataConfig, folder_dataset
 from biomedclip.evaluate.embed import EmbedConfig, embed_pairs
 from biomedclip.evaluate.linear_probe import stratified_split, stratified_subset
 from biomedclip.evaluate.runs import task_data_format
-from biomedclip.evaluate.zeroshot import class_weights
+from biomedclip.inference import Predictor
 from biomedclip.model import ModelConfig, TextConfig, VisionConfig, build_model, eval_transform
 from biomedclip.model.artifact import load_artifact, save_artifact
 from biomedclip.model.export import export_open_clip
@@ -149,8 +149,7 @@ def test_zeroshot_on_lc25000_reports_bad_files_and_unknown_labels(ray_session, a
     task = load_task("lc25000-lung")
     dataset = folder_dataset(realdata / LUNG)
     features = direct_image_features(artifact, [dataset.load_image(i) for i in range(len(dataset.samples))])
-    model, tokenizer = load_artifact(artifact)
-    predicted = (features @ class_weights(model, tokenizer, task.class_names, task.templates).numpy().T).argmax(1)
+    predicted = (features @ Predictor.load(artifact).label_features(task.class_names, task.templates).T).argmax(1)
     truth = [task.class_index(s.label) for s in dataset.samples]
     assert report["metrics"]["n"] == 12
     assert report["metrics"]["accuracy"] == pytest.approx(accuracy_score(truth, predicted))

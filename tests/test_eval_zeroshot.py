@@ -7,7 +7,7 @@ from open_clip.zero_shot_classifier import build_zero_shot_classifier
 
 from biomedclip.config import ConfigError
 from biomedclip.evaluate.tasks import ZeroShotTask, caption_label, load_task, load_tasks
-from biomedclip.evaluate.zeroshot import class_weights, zeroshot_scores
+from biomedclip.inference import Predictor
 from biomedclip.model import ModelConfig, TextConfig, VisionConfig, build_model
 from biomedclip.model.export import export_open_clip
 from tests.helpers import roco_captions, train_tokenizer
@@ -25,14 +25,14 @@ def models(realdata, tmp_path_factory):
     model = build_model(config).eval()
     directory = export_open_clip(model, tokenizer, tmp_path_factory.mktemp("open_clip"))
     reference, _, _ = open_clip.create_model_and_transforms(f"local-dir:{directory}")
-    return model, tokenizer, reference.eval(), open_clip.get_tokenizer(f"local-dir:{directory}")
+    return Predictor(model, tokenizer), reference.eval(), open_clip.get_tokenizer(f"local-dir:{directory}")
 
 
 @pytest.mark.parametrize("name", sorted(load_tasks()))
 def test_class_weights_equal_open_clip(models, name):
-    model, tokenizer, reference, reference_tokenizer = models
+    predictor, reference, reference_tokenizer = models
     task = load_task(name)
-    ours = class_weights(model, tokenizer, task.class_names, task.templates)
+    ours = torch.from_numpy(predictor.label_features(task.class_names, task.templates))
     theirs = build_zero_shot_classifier(reference, reference_tokenizer, task.class_names, task.templates)
     assert ours.shape == (len(task.classes), 64)
     torch.testing.assert_close(ours, theirs.T, atol=1e-5, rtol=0)
@@ -40,10 +40,12 @@ def test_class_weights_equal_open_clip(models, name):
 
 
 def test_scores_are_softmax_of_scaled_similarity(models):
-    model, tokenizer, _, _ = models
-    weights = class_weights(model, tokenizer, ["chest x-ray", "histology"], ["a photo of {}"])
+    predictor, _, _ = models
+    with torch.no_grad():
+        predictor.model.logit_scale.fill_(5.0)  # exp(5) > 100: the temperature is capped at 100
+    weights = torch.from_numpy(predictor.label_features(["chest x-ray", "histology"], ["a photo of {}"]))
     features = torch.nn.functional.normalize(torch.randn(5, 64), dim=1).numpy()
-    scores = zeroshot_scores(features, weights, logit_scale=100.0)
+    scores = predictor.zero_shot(features, weights.numpy())
     expected = (100.0 * torch.from_numpy(features) @ weights.T).softmax(dim=1)
     torch.testing.assert_close(torch.from_numpy(scores), expected)
 

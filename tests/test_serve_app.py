@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import csv
 import io
 import os
 from dataclasses import dataclass
@@ -15,11 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
+from biomedclip.inference import Predictor, rank_labels
 from biomedclip.model import ModelConfig, TextConfig, VisionConfig, build_model
 from biomedclip.model.artifact import save_artifact
 from biomedclip.serving import AuthConfig, BatchingConfig, LimitsConfig, ReplicaConfig, ServingConfig
 from biomedclip.serving.app import build_app
-from biomedclip.serving.engine import ClipEngine, rank_labels
 from tests.conftest import free_port
 from tests.helpers import train_tokenizer
 from tests.test_serve_units import CAPTIONS, png_claiming_size
@@ -43,7 +44,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 class Service:
     url: str
     client: httpx.Client
-    engines: dict[str, ClipEngine]  # the same artifacts, loaded here as the oracle
+    engines: dict[str, Predictor]  # the same artifacts, loaded here as the oracle
     config: ServingConfig
     vqa_dir: Path | None  # None while biomedclip.vqa is not importable
 
@@ -79,10 +80,9 @@ def image_bytes(seed: int, size=(240, 200), fmt="PNG") -> bytes:
     return buffer.getvalue()
 
 
-def expected_ranking(engine: ClipEngine, data: bytes, labels: list[str], templates: list[str]) -> list[dict]:
-    image = Image.open(io.BytesIO(data)).convert("RGB")
-    features = engine.encode_images([image])[0]
-    return rank_labels(features, engine.label_features(labels, templates), engine.logit_scale, labels)
+def expected_ranking(engine: Predictor, data: bytes, labels: list[str], templates: list[str]) -> list[dict]:
+    features = engine.encode_images([Image.open(io.BytesIO(data)).convert("RGB")])
+    return rank_labels(engine.zero_shot(features, engine.label_features(labels, templates))[0], labels)
 
 
 def assert_same_ranking(got: list[dict], expected: list[dict]) -> None:
@@ -119,7 +119,7 @@ def service(ray_session, tmp_path_factory):
                     serve.RunTarget(build_app(no_vqa), name=NO_VQA_APP, route_prefix="/novqa")])
     url = f"http://127.0.0.1:{port}"
     client = httpx.Client(base_url=url, headers={"X-API-Key": API_KEY}, timeout=120)
-    engines = {name: ClipEngine(name, path) for name, path in models.items()}
+    engines = {name: Predictor.load(path, model_id=name) for name, path in models.items()}
     try:
         yield Service(url, client, engines, config, vqa_dir)
     finally:
@@ -145,6 +145,28 @@ def test_zero_shot_multipart_matches_the_model(service):
     assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) == pytest.approx(1.0)
     assert_same_ranking(body["labels"], expected_ranking(service.engines["alpha"], data, LABELS,
                                                          service.config.templates))
+
+
+def test_zero_shot_scores_equal_the_evaluation_jobs(service, tmp_path):
+    """Batch evaluation (Ray Data actors) and /v1/zero-shot share one inference path: the same image and labels score
+    the same through both."""
+    from biomedclip.evaluate import ZeroShotTask, run_zeroshot
+
+    for index, label in enumerate(LABELS):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        (tmp_path / "data" / label / f"{index}.png").write_bytes(image_bytes(40 + index))
+    task = ZeroShotTask(templates=service.config.templates, classes={label: label for label in LABELS},
+                        name="consistency", format="folder")
+    run_zeroshot(service.config.models["alpha"], tmp_path / "data", task, output_dir=tmp_path / "out")
+    rows = list(csv.DictReader((tmp_path / "out" / "zeroshot_consistency_scores.csv").open()))
+    assert len(rows) == len(LABELS)
+    for row in rows:
+        response = service.client.post("/v1/zero-shot", **multipart(Path(row["name"]).read_bytes(), labels=LABELS))
+        assert response.status_code == 200, response.text
+        served = {r["label"]: r["probability"] for r in response.json()["labels"]}
+        np.testing.assert_allclose([served[label] for label in LABELS], [float(row[label]) for label in LABELS],
+                                   rtol=0, atol=1e-6)
+        assert row["predicted"] == response.json()["labels"][0]["label"]
 
 
 def test_zero_shot_json_with_templates_equals_multipart(service):

@@ -17,7 +17,6 @@ from biomedclip.model.artifact import save_artifact
 from biomedclip.model.transforms import eval_transform
 from biomedclip.serving.auth import AuthError, check_api_key, read_api_key
 from biomedclip.serving.config import AuthConfig, LimitsConfig, ServingConfig
-from biomedclip.serving.engine import ClipEngine, rank_labels
 from biomedclip.serving.errors import RequestError
 from biomedclip.serving.prompt_cache import PromptCache
 from biomedclip.serving.validation import check_templates, check_text, check_texts, decode_base64, decode_image
@@ -164,49 +163,6 @@ def test_prompt_cache_counts_and_evicts_least_recently_used():
     cache.put(c, np.ones(1))  # evicts b
     assert cache.get(b) is None and cache.get(c) is not None
     assert cache.stats() == {"entries": 2, "hits": 2, "misses": 2}
-
-
-# --- zero-shot maths against a brute-force oracle ---
-
-def test_rank_labels_matches_softmax_by_hand():
-    rng = np.random.default_rng(1)
-    image = rng.normal(size=8)
-    image /= np.linalg.norm(image)
-    labels = rng.normal(size=(4, 8))
-    labels /= np.linalg.norm(labels, axis=1, keepdims=True)
-    ranked = rank_labels(image, labels, 30.0, ["w", "x", "y", "z"])
-    logits = [30.0 * float(np.dot(row, image)) for row in labels]
-    expected = {name: np.exp(v) / sum(np.exp(logits)) for name, v in zip("wxyz", logits)}
-    assert [r["label"] for r in ranked] == sorted(expected, key=expected.get, reverse=True)
-    for row in ranked:
-        assert row["probability"] == pytest.approx(expected[row["label"]], rel=1e-9)
-
-
-@pytest.fixture(scope="module")
-def tiny_artifact(tmp_path_factory):
-    tokenizer = Tokenizer.train(CAPTIONS, vocab_size=300, context_length=77, min_frequency=1)
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(embed_dim=64, vision=VisionConfig("vit-tiny", 224),
-                                    text=TextConfig("bert-tiny", 77, vocab_size=tokenizer.vocab_size)))
-    directory = save_artifact(model, tokenizer, tmp_path_factory.mktemp("artifact") / "model")
-    return directory, model.eval(), tokenizer
-
-
-def test_engine_label_features_are_prompt_ensembles(tiny_artifact):
-    directory, model, tokenizer = tiny_artifact
-    engine = ClipEngine("m", directory)
-    labels, templates = ["chest x-ray", "brain mri"], ["a photo of {}", "{} scan"]
-    features = engine.label_features(labels, templates)
-    with torch.no_grad():
-        for row, label in zip(features, labels):
-            prompts = torch.stack([model.encode_text(tokenizer([t.replace("{}", label)]))[0] for t in templates])
-            mean = prompts.mean(0)
-            np.testing.assert_allclose(row, (mean / mean.norm()).numpy(), atol=1e-5)
-    image = Image.open(io.BytesIO(jpeg_bytes((300, 240))))
-    with torch.no_grad():
-        expected = model.encode_image(torch.from_numpy(eval_transform(224)(image.convert("RGB")))[None])[0].numpy()
-    np.testing.assert_allclose(engine.encode_images([image.convert("RGB")])[0], expected, atol=1e-5)
-    assert engine.logit_scale == pytest.approx(float(model.logit_scale.exp()))
 
 
 # --- config ---

@@ -85,7 +85,7 @@ def test_artifact_round_trip_gives_identical_predictions(encoder, samples, tmp_p
     loaded, _, vocab = load_vqa_artifact(directory)
     assert vocab.answers == VOCAB.answers
     images, questions = samples
-    pixels = torch.from_numpy(np.stack([load_vqa_predictor(directory).transform(i) for i in images]))
+    pixels = load_vqa_predictor(directory).inputs.pixels(images)
     with torch.no_grad():
         assert torch.equal(model(pixels, tokenizer(questions)), loaded(pixels, tokenizer(questions)))
 

@@ -1,6 +1,6 @@
 """Embeddings through Ray Data: an actor pool loads the model artifact once per actor and embeds batches.
 
-Actors take one GPU each when the cluster has GPUs (one actor per GPU by default), else CPUs. An example that fails to
+Each actor holds one `Predictor` (the shared inference path). Actors take one GPU each when the cluster has GPUs (one actor per GPU by default), else CPUs. An example that fails to
 load (bad image bytes, unreadable file) comes back with its error and a zero embedding; the driver drops it and
 reports it by name, so one bad file never stops an evaluation.
 """
@@ -16,8 +16,8 @@ import ray
 import torch
 
 from biomedclip.evaluate.datasets import Problem
-from biomedclip.model.artifact import load_artifact
-from biomedclip.model.transforms import decode_image, eval_transform
+from biomedclip.inference import Predictor
+from biomedclip.model.transforms import decode_image
 from biomedclip.pmc.schema import MODEL_INPUT_COLUMNS
 
 
@@ -49,47 +49,35 @@ class DatasetEmbeddings:
     problems: list[Problem]
 
 
-class Encoder:
-    """A model artifact on this process's device."""
+def embed_loaded(predictor: Predictor, loaders: list[Callable]) -> tuple[np.ndarray, list[str]]:
+    """Embeds each loader's image; (N x D with zero rows for failures, error message per item or "")."""
+    pixels, errors = [], []
+    for load in loaders:
+        try:
+            pixels.append(predictor.transform(load()))
+            errors.append("")
+        except Exception as err:  # any failure to read one example is reported by name; the rest goes on
+            errors.append(f"unreadable image: {type(err).__name__}: {err}")
+    features = np.zeros((len(loaders), predictor.embed_dim), dtype=np.float32)
+    if pixels:
+        encoded = predictor.encode_pixels(torch.from_numpy(np.stack(pixels)))
+        features[[i for i, error in enumerate(errors) if not error]] = encoded
+    return features, errors
 
-    def __init__(self, artifact_dir: str):
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model, self.tokenizer = load_artifact(artifact_dir)
-        self.model = model.to(self.device)
-        self.transform = eval_transform(model.config.vision.image_size)
-        self.dim = model.config.embed_dim
 
-    @torch.no_grad()
-    def images(self, loaders: list[Callable]) -> tuple[np.ndarray, list[str]]:
-        """Embeds each loader's image; (N x D with zero rows for failures, error message per item or "")."""
-        pixels, errors = [], []
-        for load in loaders:
-            try:
-                pixels.append(self.transform(load()))
-                errors.append("")
-            except Exception as err:  # any failure to read one example is reported by name; the rest goes on
-                errors.append(f"unreadable image: {type(err).__name__}: {err}")
-        features = np.zeros((len(loaders), self.dim), dtype=np.float32)
-        if pixels:
-            encoded = self.model.encode_image(torch.from_numpy(np.stack(pixels)).to(self.device)).float().cpu().numpy()
-            features[[i for i, error in enumerate(errors) if not error]] = encoded
-        return features, errors
-
-    @torch.no_grad()
-    def texts(self, captions: list[str]) -> np.ndarray:
-        tokens = self.tokenizer(captions).to(self.device)
-        return self.model.encode_text(tokens).float().cpu().numpy()
+def _local_predictor(artifact_dir: str) -> Predictor:
+    return Predictor.load(artifact_dir, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
 class PairEmbedder:
     """Ray Data callable: Parquet rows (image bytes + caption) -> image and caption embeddings."""
 
     def __init__(self, artifact_dir: str, with_text: bool):
-        self.encoder, self.with_text = Encoder(artifact_dir), with_text
+        self.predictor, self.with_text = _local_predictor(artifact_dir), with_text
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         loaders = [lambda data=data: decode_image(bytes(data)) for data in batch["image"]]
-        features, errors = self.encoder.images(loaders)
+        features, errors = embed_loaded(self.predictor, loaders)
         captions = [str(c) for c in batch["caption"]]
         out = {
             "key": np.array([f"{p}/{f}" for p, f in zip(batch["pmcid"], batch["fig_id"])], dtype=object),
@@ -98,7 +86,7 @@ class PairEmbedder:
             "error": np.array(errors, dtype=object),
         }
         if self.with_text:
-            out["text_embedding"] = self.encoder.texts(captions)
+            out["text_embedding"] = self.predictor.encode_texts(captions)
         return out
 
 
@@ -106,11 +94,11 @@ class DatasetEmbedder:
     """Ray Data callable: dataset indices -> image embeddings, reading each image in the actor."""
 
     def __init__(self, artifact_dir: str, dataset):
-        self.encoder, self.dataset = Encoder(artifact_dir), dataset
+        self.predictor, self.dataset = _local_predictor(artifact_dir), dataset
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         indices = [int(i) for i in batch["id"]]
-        features, errors = self.encoder.images([lambda i=i: self.dataset.load_image(i) for i in indices])
+        features, errors = embed_loaded(self.predictor, [lambda i=i: self.dataset.load_image(i) for i in indices])
         return {"id": np.array(indices), "embedding": features, "error": np.array(errors, dtype=object)}
 
 

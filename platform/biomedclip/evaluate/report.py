@@ -1,6 +1,7 @@
 """Evaluation outputs: a JSON report per run, a list of skipped examples, and PNG plots."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -24,6 +25,16 @@ def write_report(report: dict, problems: list[Problem], output_dir: str | Path, 
         (output_dir / f"{stem}_skipped.txt").write_text("".join(f"{p}\n" for p in problems))
     path = output_dir / f"{stem}.json"
     path.write_text(json.dumps(report, indent=2))
+    return path
+
+
+def write_scores(names: list[str], labels: list[str], scores: np.ndarray, class_names: list[str], path: Path) -> Path:
+    """Per example: its name, true class, predicted class and every class's probability (CSV)."""
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["name", "label", "predicted", *class_names])
+        for name, label, row in zip(names, labels, scores):
+            writer.writerow([name, label, class_names[int(row.argmax())], *(f"{p:.8g}" for p in row)])
     return path
 
 

@@ -20,8 +20,7 @@ from biomedclip.evaluate.linear_probe import LinearProbeConfig, linear_probe, st
 from biomedclip.evaluate.metrics import classification_metrics
 from biomedclip.evaluate.retrieval import paired_ranks, retrieval_metrics
 from biomedclip.evaluate.tasks import ZeroShotTask, caption_label, load_task
-from biomedclip.evaluate.zeroshot import class_weights, zeroshot_scores
-from biomedclip.model.artifact import load_artifact
+from biomedclip.inference import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +82,9 @@ def run_zeroshot(checkpoint: str | Path, data: str | Path, task: str | ZeroShotT
     config = config or EvaluateConfig()
     if not isinstance(task, ZeroShotTask):
         task = load_task(task or config.zeroshot.task, config.zeroshot.tasks_file)
-    features, labels, problems = _task_examples(checkpoint, data, task, config)
-    model, tokenizer = load_artifact(checkpoint)
-    weights = class_weights(model, tokenizer, task.class_names, task.templates)
-    scores = zeroshot_scores(features, weights, model.logit_scale.exp().item())
+    names, features, labels, problems = _task_examples(checkpoint, data, task, config)
+    predictor = Predictor.load(checkpoint)
+    scores = predictor.zero_shot(features, predictor.label_features(task.class_names, task.templates))
     metrics = classification_metrics(labels, scores.argmax(axis=1), task.class_names,
                                       scores[:, 1] if len(task.class_names) == 2 else None)
     report = {
@@ -104,6 +102,8 @@ def run_zeroshot(checkpoint: str | Path, data: str | Path, task: str | ZeroShotT
     if output_dir is not None:
         stem = f"zeroshot_{task.name or 'task'}"
         reports.write_report(report, problems, output_dir, stem)
+        reports.write_scores(names, [task.class_names[i] for i in labels], scores, task.class_names,
+                             Path(output_dir) / f"{stem}_scores.csv")
         reports.plot_confusion_matrix(metrics["confusion_matrix"], task.class_names,
                                       Path(output_dir) / f"{stem}_confusion.png", f"zero-shot {task.name}")
     _log_skipped(problems)
@@ -145,7 +145,7 @@ def _probe_sets(checkpoint, train: DatasetEmbeddings, class_names: list[str], te
         return ((train.features[train_idx], labels[train_idx]), (train.features[test_idx], labels[test_idx]),
                 list(train.problems))
     test = embed_dataset(checkpoint, open_dataset(test_data, config.data), config.embed)
-    test_x, test_y, unknown = _indexed(test, class_names)
+    _, test_x, test_y, unknown = _indexed(test, class_names)
     return (train.features, labels), (test_x, test_y), train.problems + test.problems + unknown
 
 
@@ -156,13 +156,13 @@ def parquet_split(data: str | Path, split: str) -> Path:
 
 
 def _task_examples(checkpoint, data, task: ZeroShotTask, config: EvaluateConfig):
-    """(image features, class indices, problems) of the examples whose labels the task knows."""
+    """(names, image features, class indices, problems) of the examples whose labels the task knows."""
     data_format = task_data_format(task, data, config)
     if data_format == "parquet":
         return _keyword_examples(checkpoint, parquet_split(data, config.data.split), task, config)
     embeddings = embed_dataset(checkpoint, open_dataset(data, config.data, data_format), config.embed)
-    features, labels, problems = _indexed(embeddings, task.labels)
-    return features, labels, embeddings.problems + problems
+    names, features, labels, problems = _indexed(embeddings, task.labels)
+    return names, features, labels, embeddings.problems + problems
 
 
 def task_data_format(task: ZeroShotTask, data: str | Path, config: EvaluateConfig) -> str:
@@ -183,16 +183,17 @@ def _keyword_examples(checkpoint, split_dir: Path, task: ZeroShotTask, config: E
     keep = [i for i, (label, _) in enumerate(labelled) if label is not None]
     unlabelled = [Problem(key, why) for key, (label, why) in zip(pairs.keys, labelled) if label is None]
     labels = np.array([task.class_index(labelled[i][0]) for i in keep], dtype=np.int64)
-    return pairs.images[keep], labels, pairs.problems + unlabelled
+    return [pairs.keys[i] for i in keep], pairs.images[keep], labels, pairs.problems + unlabelled
 
 
-def _indexed(embeddings: DatasetEmbeddings, labels: list[str]) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
-    """Keeps the examples whose label is one of `labels`, as indices into it; the others become problems."""
+def _indexed(embeddings: DatasetEmbeddings, labels: list[str]):
+    """(names, features, indices into `labels`, problems) of the examples whose label is one of `labels`; the others
+    become problems."""
     known = [i for i, label in enumerate(embeddings.labels) if label in labels]
     problems = [Problem(name, f"unknown label {label!r} (expected one of {', '.join(labels)})")
                 for name, label in zip(embeddings.names, embeddings.labels) if label not in labels]
     indices = np.array([labels.index(embeddings.labels[i]) for i in known], dtype=np.int64)
-    return embeddings.features[known], indices, problems
+    return [embeddings.names[i] for i in known], embeddings.features[known], indices, problems
 
 
 def _device(name: str) -> torch.device:

@@ -21,7 +21,7 @@ from PIL import Image
 from ray import serve
 
 from biomedclip.serving.config import ServingConfig
-from biomedclip.serving.engine import ClipEngine, rank_labels
+from biomedclip.inference import Predictor, rank_labels
 from biomedclip.serving.prompt_cache import PromptCache
 
 logger = logging.getLogger("ray.serve")
@@ -46,9 +46,9 @@ class ClipModel:
     def _loader(self):
         models, device = self.config.models, self.device
 
-        async def load(model_id: str) -> ClipEngine:
+        async def load(model_id: str) -> Predictor:
             logger.info("loading model %r from %s on %s", model_id, models[model_id], device)
-            return await asyncio.to_thread(ClipEngine, model_id, models[model_id], device)
+            return await asyncio.to_thread(Predictor.load, models[model_id], device, model_id)
 
         return load
 
@@ -78,10 +78,10 @@ class ClipModel:
         engine = await self.engine(model_id)
         templates = templates or self.config.templates
         image_features = await self._encode_batch(image)
-        label_features = self._label_features(engine, labels, templates)
-        return {"model": model_id, "labels": rank_labels(image_features, label_features, engine.logit_scale, labels)}
+        probabilities = engine.zero_shot(image_features[None], self._label_features(engine, labels, templates))[0]
+        return {"model": model_id, "labels": rank_labels(probabilities, labels)}
 
-    def _label_features(self, engine: ClipEngine, labels: list[str], templates: list[str]) -> np.ndarray:
+    def _label_features(self, engine: Predictor, labels: list[str], templates: list[str]) -> np.ndarray:
         key = (engine.model_id, tuple(labels), tuple(templates))
         features = self.prompt_cache.get(key)
         if features is None:
@@ -94,7 +94,7 @@ class ClipModel:
         engine = await self.engine(model_id)
         image_features = await asyncio.gather(*(self._encode_batch(image) for image in images))
         text_features = self._guarded(engine.encode_texts, texts) if texts else []
-        return {"model": model_id, "dim": engine.model.config.embed_dim,
+        return {"model": model_id, "dim": engine.embed_dim,
                 "image_embeddings": [f.tolist() for f in image_features],
                 "text_embeddings": [f.tolist() for f in text_features]}
 

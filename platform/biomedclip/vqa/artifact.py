@@ -13,15 +13,14 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from biomedclip.config import from_dict
+from biomedclip.inference import Predictor
 from biomedclip.model.artifact import load_artifact, save_artifact
 from biomedclip.model.checkpoint import CheckpointError
-from biomedclip.model.transforms import eval_transform
 from biomedclip.text import Tokenizer
 from biomedclip.vqa.answers import AnswerVocab, is_closed_answer
 from biomedclip.vqa.model import FusionConfig, VQAModel
@@ -79,11 +78,13 @@ class VQAPredictor:
     """
 
     def __init__(self, model: VQAModel, tokenizer: Tokenizer, vocab: AnswerVocab, device: str | torch.device = "cpu"):
-        self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
-        self.tokenizer = tokenizer
+        self.model = model.eval().to(device)
+        self.inputs = Predictor(model.encoder, tokenizer, device)  # the shared preprocessing and tokenisation
         self.vocab = vocab
-        self.transform = eval_transform(model.encoder.config.vision.image_size)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.inputs.tokenizer
 
     @torch.inference_mode()
     def logits(self, images: list[Image.Image], questions: list[str]) -> torch.Tensor:
@@ -91,8 +92,7 @@ class VQAPredictor:
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
         if any(not isinstance(q, str) or not q.strip() for q in questions):
             raise ValueError("every question must be a non-empty string")
-        pixels = torch.from_numpy(np.stack([self.transform(image) for image in images])).to(self.device)
-        return self.model(pixels, self.tokenizer(questions).to(self.device)).float().cpu()
+        return self.model(self.inputs.pixels(images), self.inputs.tokens(questions)).float().cpu()
 
     def predict(self, images: list[Image.Image], questions: list[str]) -> list[dict]:
         if not images and not questions:
