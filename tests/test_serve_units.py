@@ -8,19 +8,14 @@ import zlib
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from biomedclip.config import ConfigError, from_dict
-from biomedclip.model import ModelConfig, TextConfig, VisionConfig, build_model
-from biomedclip.model.artifact import save_artifact
-from biomedclip.model.transforms import eval_transform
 from biomedclip.serving.auth import AuthError, check_api_key, read_api_key
 from biomedclip.serving.config import AuthConfig, LimitsConfig, ServingConfig
 from biomedclip.serving.errors import RequestError
 from biomedclip.serving.prompt_cache import PromptCache
 from biomedclip.serving.validation import check_templates, check_text, check_texts, decode_base64, decode_image
-from biomedclip.text import Tokenizer
 
 LIMITS = LimitsConfig(max_image_bytes=50_000, max_image_pixels=1_000_000, max_labels=3, max_text_chars=20)
 CAPTIONS = ["chest x-ray with pneumonia", "brain mri showing a tumour", "liver histology slide",

@@ -1,5 +1,4 @@
 """The fusion model, its artifact (save/load) and the predictor contract that the Serve endpoint calls."""
-import numpy as np
 import pytest
 import torch
 from PIL import Image
