@@ -16,6 +16,7 @@ import ray
 import torch
 
 from biomedclip.evaluate.datasets import Problem
+from biomedclip.evaluate.retrieval import first_occurrence
 from biomedclip.inference import Predictor
 from biomedclip.model.transforms import decode_image
 from biomedclip.pmc.schema import MODEL_INPUT_COLUMNS
@@ -121,13 +122,6 @@ def embed_pairs(artifact_dir: str | Path, split_dir: str | Path, config: EmbedCo
         texts=out["text_embedding"][ok][first_occurrence(captions)] if with_text else None,
         problems=problems,
     )
-
-
-def first_occurrence(texts: list[str]) -> np.ndarray:
-    """For each text, the index of its first copy. Identical captions embedded in different batches can differ in
-    the last bit; giving them the first copy's embedding makes them tie exactly, so retrieval's tie rule decides."""
-    first: dict[str, int] = {}
-    return np.array([first.setdefault(text, i) for i, text in enumerate(texts)], dtype=np.int64)
 
 
 def embed_dataset(artifact_dir: str | Path, dataset, config: EmbedConfig | None = None) -> DatasetEmbeddings:

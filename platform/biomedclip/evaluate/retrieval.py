@@ -8,6 +8,9 @@ Definitions (the brute-force oracle in the tests uses the same ones):
   ties go to the candidate with the lower index, i.e. the positive's position in a stable descending sort. So two
   images with bit-identical duplicate captions get ranks 1 and 2 (not both 1, not both 2).
 - Recall@k = fraction of queries with rank <= k; median rank = median of the 1-based ranks.
+- Identical captions get identical embeddings (`first_occurrence`): copies embedded in different batches can differ
+  in the last bit, which would let batching, not the rule above, decide their order.
+This module is the one definition: training's validation (`biomedclip.train.metrics`) and evaluation both use it.
 
 Cost: the score matrix is computed block by block (chunk x chunk); each block serves both directions, so the work is
 one N x N x D matmul in total, and the extra memory is about 9 * chunk^2 bytes (the float32 block, one boolean mask,
@@ -15,6 +18,7 @@ its int32 counts) plus O(N) counters, independent of N^2.
 """
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +85,13 @@ def _count_before(block: torch.Tensor, positive: torch.Tensor, dim: int, candida
 def _count(mask: torch.Tensor, dim: int) -> torch.Tensor:
     """True entries along `dim`. Summing in int32 avoids the int64 copy of the mask that a plain sum makes."""
     return mask.sum(dim=dim, dtype=torch.int32)
+
+
+def first_occurrence(keys: Sequence[Hashable]) -> np.ndarray:
+    """For each key (a caption, or its token ids as bytes), the index of its first copy: index the text embeddings
+    with it so that identical captions tie exactly."""
+    first: dict = {}
+    return np.array([first.setdefault(key, i) for i, key in enumerate(keys)], dtype=np.int64)
 
 
 def rank_metrics(ranks: np.ndarray, ks=DEFAULT_KS) -> dict:

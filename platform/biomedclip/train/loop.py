@@ -153,18 +153,19 @@ class PretrainWorker:
     def _validate(self) -> dict[str, float]:
         """Loss and Recall@1/5/10 on the whole val split: each worker encodes its shard, all features are gathered."""
         model = unwrap(self.model).eval()
-        images, texts = [], []
+        images, texts, tokens = [], [], []
         for batch in ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=self.cfg.data.micro_batch,
                                                                           device=self.device):
             with self.precision.autocast(self.device):
                 out = model(batch[PIXELS], batch[TOKENS])
             images.append(out["image_features"].float())
             texts.append(out["text_features"].float())
+            tokens.append(batch[TOKENS])
         model.train()
         if not images:
             return {}
         all_images, all_texts = gather_features(torch.cat(images)), gather_features(torch.cat(texts))
-        metrics = retrieval_metrics(all_images, all_texts)
+        metrics = retrieval_metrics(all_images, all_texts, gather_features(torch.cat(tokens)))
         metrics["val/loss"] = contrastive_loss_chunked(all_images, all_texts, model.logit_scale.exp().item())
         if self.rank == 0:
             print(f"epoch {self.progress.epoch - 1} val: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),

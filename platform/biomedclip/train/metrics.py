@@ -1,27 +1,23 @@
-"""Exact in-memory retrieval recall for the per-epoch validation (val sets are small; pair i matches pair i)."""
+"""Per-epoch validation metrics: retrieval recall (evaluation's definition) and the full-set contrastive loss."""
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from biomedclip.evaluate.retrieval import first_occurrence, paired_ranks
 
 RECALL_KS = (1, 5, 10)
 
 
-def recall_at_k(query: torch.Tensor, keys: torch.Tensor, ks=RECALL_KS, chunk: int = 1024) -> dict[int, float]:
-    """Fraction of queries whose own key (same index) ranks in the top k by cosine similarity (ties count against)."""
-    hits = {k: 0 for k in ks}
-    for start in range(0, len(query), chunk):
-        sims = query[start:start + chunk] @ keys.T
-        own = sims[torch.arange(len(sims)), torch.arange(start, start + len(sims))]
-        rank = (sims >= own[:, None]).sum(dim=1) - 1  # other keys at least as close as the true one
-        for k in ks:
-            hits[k] += int((rank < k).sum())
-    return {k: hits[k] / len(query) for k in ks}
-
-
-def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor) -> dict[str, float]:
-    i2t = recall_at_k(image_features, text_features)
-    t2i = recall_at_k(text_features, image_features)
-    return {**{f"val/i2t_R@{k}": v for k, v in i2t.items()}, **{f"val/t2i_R@{k}": v for k, v in t2i.items()}}
+def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor,
+                      token_ids: torch.Tensor) -> dict[str, float]:
+    """Validation Recall@k with evaluation's definitions and tie rule (`biomedclip.evaluate.retrieval`), so the number
+    a sweep selects on is the number the evaluation report shows. Pair i is image i and caption i (`token_ids[i]`)."""
+    same_caption = first_occurrence([row.tobytes() for row in token_ids.cpu().numpy()])
+    ranks = paired_ranks(image_features, text_features[torch.from_numpy(same_caption).to(text_features.device)],
+                         device=image_features.device)
+    return {**{f"val/i2t_R@{k}": float(np.mean(ranks.image_to_text <= k)) for k in RECALL_KS},
+            **{f"val/t2i_R@{k}": float(np.mean(ranks.text_to_image <= k)) for k in RECALL_KS}}
 
 
 def contrastive_loss_chunked(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: float,
