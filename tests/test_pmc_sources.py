@@ -16,9 +16,8 @@ from biomedclip.pmc.archives import ArchiveLimits, read_tar_gz
 from biomedclip.pmc.media import match_media
 from biomedclip.pmc.pairs import PairConfig, build_pairs, load_article
 from biomedclip.samples.corpus import write_sample_corpus
-from biomedclip.pmc.skips import Skipped
-from biomedclip.pmc.sources import Source, SourceConfig
-from biomedclip.pmc.stores import key_from_url, safe_key
+from biomedclip.pmc.skips import Skipped, safe_member
+from biomedclip.pmc.sources import Source, SourceConfig, key_from_url
 
 NXML = (b'<article xmlns:xlink="http://www.w3.org/1999/xlink"><front><article-meta>'
         b'<article-id pub-id-type="pmc">123</article-id></article-meta></front><body>'
@@ -71,7 +70,7 @@ def test_keys_from_urls_and_unsafe_paths():
     assert key_from_url("https://s3.amazonaws.com/pmc-oa-opendata/PMC1.1/gr1.jpg") == "PMC1.1/gr1.jpg"
     for bad in ["../x", "a/../../x", "/etc/passwd", "C:/x", "a\\..\\x", "a\x00b"]:
         with pytest.raises(Skipped) as err:
-            safe_key(bad)
+            safe_member(bad)
         assert err.value.reason == "unsafe_member"
 
 
@@ -241,7 +240,8 @@ def upload(endpoint: str, bucket: str, root: Path, prefix: str = "", public: boo
     client.create_bucket(Bucket=bucket)
     if public:
         policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*",
-                  "Action": ["s3:GetObject", "s3:ListBucket"],
+                  # AWS authorises HEAD with s3:GetObject; moto checks it as s3:HeadObject
+                  "Action": ["s3:GetObject", "s3:HeadObject", "s3:ListBucket"],
                   "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}
         client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
     for path in sorted(root.rglob("*")):

@@ -33,7 +33,7 @@ from biomedclip.pmc.pairs import PairConfig
 from biomedclip.pmc.sources import Source, SourceConfig
 from biomedclip.pmc.split import SPLITS, SplitConfig
 from biomedclip.pmc.stats import plot_histograms
-from biomedclip.pmc.storage import OutputStore
+from biomedclip.io import OutputStore
 from biomedclip.pmc.units import (
     FINAL_DIR, STAGED_DIR, Unit, batched, final_marker, finalize_unit, plan_units, prefetched, stage_unit,
     staged_marker,

@@ -7,9 +7,7 @@ be decoded is dropped with a message naming its pmcid and fig_id.
 from __future__ import annotations
 
 import functools
-import os
 import sys
-from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -18,6 +16,7 @@ import ray
 from ray.data import DataContext
 from tokenizers import Tokenizer as FastTokenizer
 
+from biomedclip.io import filesystem
 from biomedclip.model.transforms import decode_image, eval_transform, train_transform
 from biomedclip.pmc.schema import MODEL_INPUT_COLUMNS
 from biomedclip.text import Tokenizer
@@ -25,32 +24,15 @@ from biomedclip.text import Tokenizer
 PIXELS, TOKENS = "pixels", "token_ids"
 
 
-def filesystem_for(uri: str, s3_endpoint: str | None = None) -> tuple[pafs.FileSystem | None, str]:
-    """(filesystem, path) for a local path or s3://bucket/prefix; an endpoint override serves a local S3."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3":
-        return None, uri
-    options = {}
-    if s3_endpoint:
-        endpoint = urlparse(s3_endpoint)
-        options.update(endpoint_override=endpoint.netloc, scheme=endpoint.scheme or "https")
-    if os.environ.get("AWS_ACCESS_KEY_ID"):
-        # Keys set where the job starts travel with the (pickled) filesystem to Ray workers, whose environment
-        # was fixed when their node started; without them each worker uses its own credential chain.
-        options.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-                       session_token=os.environ.get("AWS_SESSION_TOKEN"))
-    return pafs.S3FileSystem(**options), f"{parsed.netloc}{parsed.path}".rstrip("/")
-
-
 def read_split(path: str, split: str, s3_endpoint: str | None = None, columns=None) -> ray.data.Dataset:
     """The split's shards through Ray Data's V1 Parquet datasource: Ray 2.60's default V2 one (ListFiles ->
     ReadFiles) spends ~5 s of wall time, nearly all waiting, listing even five local files on every execution, and
     training executes the train and val datasets anew every epoch."""
-    filesystem, root = filesystem_for(path, s3_endpoint)
+    fs, root = filesystem(path, s3_endpoint)
     context = DataContext.get_current()
     default, context.use_datasource_v2 = context.use_datasource_v2, False
     try:
-        dataset = ray.data.read_parquet(f"{root}/{split}", filesystem=filesystem, file_extensions=["parquet"])
+        dataset = ray.data.read_parquet(f"{root}/{split}", filesystem=fs, file_extensions=["parquet"])
     finally:
         context.use_datasource_v2 = default
     return dataset.select_columns(columns or MODEL_INPUT_COLUMNS)
@@ -59,11 +41,10 @@ def read_split(path: str, split: str, s3_endpoint: str | None = None, columns=No
 def _split_files(path: str, split: str, s3_endpoint: str | None = None) -> pads.Dataset:
     """The split's Parquet shards read in this process: row counts come from the footers and captions stream in
     batches, without the seconds a Ray Data job takes to start."""
-    filesystem, root = filesystem_for(path, s3_endpoint)
-    filesystem = filesystem or pafs.LocalFileSystem()
-    infos = filesystem.get_file_info(pafs.FileSelector(f"{root}/{split}", recursive=True))
+    fs, root = filesystem(path, s3_endpoint)
+    infos = fs.get_file_info(pafs.FileSelector(f"{root}/{split}", recursive=True))
     shards = sorted(info.path for info in infos if info.is_file and info.path.endswith(".parquet"))
-    return pads.dataset(shards, format="parquet", filesystem=filesystem)
+    return pads.dataset(shards, format="parquet", filesystem=fs)
 
 
 def iter_captions(path: str, s3_endpoint: str | None = None):

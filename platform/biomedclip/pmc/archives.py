@@ -14,8 +14,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from biomedclip.pmc.skips import Skipped
-from biomedclip.pmc.stores import safe_key
+from biomedclip.pmc.skips import Skipped, safe_member
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ def _take(tar: tarfile.TarFile, member: tarfile.TarInfo, keep, limits: ArchiveLi
         contents.problems.append(Skipped("unsafe_member", f"member {member.name!r} is a {kind}"))
         return
     try:
-        safe_key(member.name)
+        safe_member(member.name)
     except Skipped as problem:
         contents.problems.append(problem)
         return

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from biomedclip.pmc.storage import OutputStore
+from biomedclip.io import OutputStore
 from biomedclip.pmc.units import staged_path
 
 KEY_COLUMNS = ["sha256", "pair_key"]

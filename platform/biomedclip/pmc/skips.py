@@ -44,3 +44,13 @@ class Skipped(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+def safe_member(key: str) -> str:
+    """`biomedclip.io.safe_key`, refusing as Skipped('unsafe_member') so the article's report counts it."""
+    from biomedclip.io.trees import UnsafeKey, safe_key
+
+    try:
+        return safe_key(key)
+    except UnsafeKey as err:
+        raise Skipped("unsafe_member", str(err)) from None

@@ -16,12 +16,14 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlparse
 
 from biomedclip.pmc.archives import ArchiveLimits, read_tar_gz
 from biomedclip.pmc.licenses import normalize_code
 from biomedclip.pmc.media import basename
-from biomedclip.pmc.skips import Skipped
-from biomedclip.pmc.stores import LocalStore, S3Store, key_from_url, open_store, safe_key
+from biomedclip.io import SourceTree
+from biomedclip.io.trees import TooLarge
+from biomedclip.pmc.skips import Skipped, safe_member
 
 Layout = Literal["auto", "s3", "tar", "folders"]
 _METADATA_KEY = re.compile(r"metadata/(PMC\d+)\.(\d+)\.json$")
@@ -63,11 +65,11 @@ class Package:
 
 
 class Source:
-    """A layout over a store; picklable, so Ray workers can open articles themselves."""
+    """A layout over a source tree; picklable, so Ray workers can open articles themselves."""
 
     def __init__(self, config: SourceConfig):
         self.config = config
-        self.store = open_store(config.uri, config.s3_endpoint, config.anonymous)
+        self.store = SourceTree(config.uri, config.s3_endpoint, config.anonymous)
         self.layout = config.layout if config.layout != "auto" else detect_layout(self.store)
 
     def list_refs(self, limit: int | None = None) -> Iterator[str]:
@@ -82,7 +84,7 @@ class Source:
         opener = {"s3": self._open_cloud, "tar": self._open_archive, "folders": self._open_folder}[self.layout]
         try:
             return opener(ref)
-        except OSError as err:  # the stores' messages name the file
+        except OSError as err:  # the tree's messages name the file
             raise Skipped("read_error", str(err)) from None
 
     # --- Cloud Service layout -------------------------------------------------------------------------------------
@@ -110,7 +112,7 @@ class Source:
         media, problems = {}, []
         for url in meta["media_urls"]:
             try:
-                media[basename(url)] = (safe_key(key_from_url(url)), _md5_param(url))
+                media[basename(url)] = (safe_member(key_from_url(url)), _md5_param(url))
             except Skipped as problem:
                 problems.append(problem)
         return Package(self.article_id(ref), xml, sorted(media), lambda names: self._fetch_cloud(media, names),
@@ -169,9 +171,11 @@ class Source:
 
     def _read_media(self, key: str) -> bytes | Skipped:
         try:
-            return self.store.read(key, self.config.max_media_bytes)
+            return self.store.read(safe_member(key), self.config.max_media_bytes)
         except Skipped as err:
-            return Skipped("image_too_large", err.detail) if err.reason == "member_too_large" else err
+            return err
+        except TooLarge as err:
+            return Skipped("image_too_large", str(err))
         except FileNotFoundError as err:
             return Skipped("missing_image", str(err))
         except OSError as err:
@@ -179,16 +183,14 @@ class Source:
 
 
 def _renamed(read: Callable[[str, int], bytes], key: str, limit: int, too_large: str) -> bytes:
-    """read(key, limit), with the store's generic size refusal renamed for what was being read."""
+    """read(key, limit), with the tree's size refusal named for what was being read."""
     try:
-        return read(key, limit)
-    except Skipped as err:
-        if err.reason == "member_too_large":
-            raise Skipped(too_large, err.detail) from None
-        raise
+        return read(safe_member(key), limit)
+    except TooLarge as err:
+        raise Skipped(too_large, str(err)) from None
 
 
-def detect_layout(store: LocalStore | S3Store) -> str:
+def detect_layout(store: SourceTree) -> str:
     if next(store.list("metadata/", ".json"), None) is not None:
         return "s3"
     if any(key.endswith(_ARCHIVE_SUFFIXES) for key in itertools.islice(store.list(), 1000)):
@@ -243,3 +245,15 @@ def _cloud_metadata(data: bytes, ref: str) -> dict:
         "xml_url": field_of("xml_url", (str,), required=True),
         "media_urls": media,
     }
+
+
+def key_from_url(url: str) -> str:
+    """The key inside the dataset of an s3:// or https:// object URL (bucket and ?md5= dropped), or a relative key."""
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        return parsed.path.lstrip("/")
+    if parsed.scheme in ("http", "https"):
+        path = parsed.path.lstrip("/")
+        virtual_host = parsed.netloc.split(".s3")[0] != parsed.netloc
+        return path if virtual_host else path.partition("/")[2]
+    return parsed.path

@@ -22,7 +22,7 @@ from biomedclip.pmc.schema import PAIR_SCHEMA, staged_table
 from biomedclip.pmc.sources import Source
 from biomedclip.pmc.split import SPLITS
 from biomedclip.pmc.stats import table_histograms
-from biomedclip.pmc.storage import OutputStore
+from biomedclip.io import OutputStore
 
 STAGED_DIR = "_state/staged"
 FINAL_DIR = "_state/final"

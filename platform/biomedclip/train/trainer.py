@@ -17,7 +17,8 @@ from ray.data import DataContext
 from ray.train.torch import TorchTrainer
 
 from biomedclip.config import to_dict
-from biomedclip.data.train_input import count_rows, filesystem_for, iter_captions, training_datasets
+from biomedclip.data.train_input import count_rows, iter_captions, training_datasets
+from biomedclip.io import storage_location
 from biomedclip.model.artifact import load_artifact, save_artifact
 from biomedclip.model.export import export_open_clip
 from biomedclip.text import Tokenizer
@@ -76,7 +77,7 @@ def warn_if_data_starves(cfg: PretrainConfig, progress: Callable[[str], None]) -
 def build_trainer(cfg: PretrainConfig, tokenizer: Tokenizer, datasets: dict, train_rows: int,
                   callbacks: Sequence[ray.train.UserCallback] = ()) -> TorchTrainer:
     run = cfg.run
-    storage_fs, storage_path = filesystem_for(run.storage_path or str(Path(run.output_dir) / "checkpoints"),
+    storage_fs, storage_path = storage_location(run.storage_path or str(Path(run.output_dir) / "checkpoints"),
                                               run.s3_endpoint)
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = cfg.data.preserve_order

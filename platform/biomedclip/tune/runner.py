@@ -9,7 +9,7 @@ from typing import Callable
 import ray
 from ray import tune
 
-from biomedclip.data.train_input import filesystem_for
+from biomedclip.io import storage_location
 from biomedclip.tune import results
 from biomedclip.tune.config import SweepConfig
 from biomedclip.tune.driver import EPOCHS, TrialSetup, run_trial
@@ -41,7 +41,7 @@ def _trial_dirname(trial) -> str:
 def _storage(sweep: SweepConfig) -> tuple[str, object, str]:
     """(Tune's storage path, filesystem or None, the experiment's URI as trials address it)."""
     root = sweep.storage_path if sweep.storage_path.startswith("s3://") else str(Path(sweep.storage_path).resolve())
-    filesystem, path = filesystem_for(root, sweep.s3_endpoint)
+    filesystem, path = storage_location(root, sweep.s3_endpoint)
     return path, filesystem, f"{root.rstrip('/')}/{sweep.name}"
 
 

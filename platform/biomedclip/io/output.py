@@ -1,8 +1,9 @@
-"""The output location, local or s3:// (any S3-compatible endpoint), through one pyarrow filesystem.
+"""The output location, local or any filesystem URI (s3:// on any S3-compatible endpoint), through one pyarrow
+filesystem.
 
-Every file is written whole or not at all: locally to a temporary file under _state/tmp, then renamed into place;
-on S3 an object only appears when its upload completes. Paths are always built from the output root and names this package makes up, so nothing
-is written outside the output location.
+Every file is written whole or not at all: locally to a temporary file under _state/tmp, then renamed into place; on
+S3 an object only appears when its upload completes. Paths are always built from the output root and names this
+package makes up, so nothing is written outside the output location.
 """
 from __future__ import annotations
 
@@ -11,23 +12,12 @@ import json
 import posixpath
 import uuid
 from collections.abc import Iterable
-from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from biomedclip.pmc.stores import static_credentials
-
-
-def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
-    """A pyarrow S3 filesystem that carries static credentials to the Ray workers it is pickled to."""
-    keys = static_credentials() or {}
-    if not endpoint:
-        return pafs.S3FileSystem(**keys)
-    parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-    return pafs.S3FileSystem(endpoint_override=parsed.netloc, scheme=parsed.scheme, region="us-east-1", **keys)
-
+from biomedclip.io.filesystems import filesystem
 
 TEMPORARY_DIR = "_state/tmp"  # local writes land here first, then are renamed into place
 
@@ -36,19 +26,20 @@ class OutputStore:
     def __init__(self, uri: str, s3_endpoint: str | None = None):
         if not uri:
             raise ValueError("no output location given")
-        self.uri = uri.rstrip("/")
-        if uri.startswith("s3://"):
-            self.fs, self.root = s3_filesystem(s3_endpoint), self.uri.removeprefix("s3://")
-        else:
-            self.fs, self.root = pafs.LocalFileSystem(), posixpath.abspath(self.uri)
-            self.fs.create_dir(self.root, recursive=True)
+        self.uri = str(uri).rstrip("/")
+        self.fs, self.root = filesystem(self.uri, s3_endpoint)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        if self.local:
+            self.fs.create_dir(self.root, recursive=True)
 
     def path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
 
     def url(self, rel: str = "") -> str:
-        return f"s3://{self.path(rel)}" if not self.local else self.path(rel)
+        """The URI of `rel` in the form the user gave the root (s3://..., or a local path)."""
+        if self.local:
+            return self.path(rel)
+        return f"{self.uri}/{rel}" if rel else self.uri
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         self.write_stream(rel, [data])
@@ -56,6 +47,8 @@ class OutputStore:
     def write_stream(self, rel: str, chunks: Iterable[bytes]) -> None:
         target = self.path(rel)
         if not self.local:
+            if not isinstance(self.fs, pafs.S3FileSystem):  # object stores need no folders; other filesystems do
+                self.fs.create_dir(posixpath.dirname(target), recursive=True)
             with self.fs.open_output_stream(target) as out:
                 for chunk in chunks:
                     out.write(chunk)

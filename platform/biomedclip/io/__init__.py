@@ -1,0 +1,18 @@
+"""The one storage layer: local paths, `s3://` (any S3-compatible endpoint) and any other pyarrow filesystem URI,
+with one credential policy. Extraction, training, checkpoints, evaluation and Serve all reach storage through it.
+
+- `filesystem(uri)` -> (pyarrow filesystem, path): what Ray Data, Ray Train and pyarrow readers take.
+- `SourceTree`: read-only keyed access to an input tree (the PMC corpus), refusing keys that climb out of it.
+- `OutputStore`: atomic whole-file writes under an output root.
+
+Credentials: anonymous only where asked for (the public PMC bucket); otherwise signed from the usual AWS sources.
+Static keys found where the job starts (environment, credential files) travel with the pickled filesystem to Ray
+workers, whose environment was fixed when their node started; role-based credentials are resolved (and refreshed) by
+each process itself. Endpoint: the one a config names, else the standard `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`.
+"""
+from biomedclip.io.filesystems import filesystem, is_local, s3_endpoint, static_credentials, storage_location
+from biomedclip.io.output import OutputStore
+from biomedclip.io.trees import SourceTree, safe_key
+
+__all__ = ["OutputStore", "SourceTree", "filesystem", "is_local", "s3_endpoint", "safe_key", "static_credentials",
+           "storage_location"]
