@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 from biomedclip.model import ModelConfig, TextConfig, VisionConfig
@@ -44,3 +45,13 @@ def load_job(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def make_public_bucket(client, bucket: str) -> None:
+    """Creates `bucket`, world-readable like pmc-oa-opendata. AWS authorises HEAD with s3:GetObject; moto checks it
+    as s3:HeadObject, so the policy names both."""
+    client.create_bucket(Bucket=bucket)
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:HeadObject", "s3:ListBucket"],
+        "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}
+    client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))

@@ -3,6 +3,7 @@ and a RayService whose Serve config is serve/config.yaml."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shlex
 import tomllib
@@ -86,13 +87,42 @@ def test_in_tree_autoscaling_with_sane_bounds(manifest):
             assert "nvidia.com/gpu" in tolerated, group["groupName"]
 
 
-def test_raycluster_has_a100_and_v100_groups_of_8_gpus():
+GPU_TYPES = {"p4d.24xlarge": "A100", "p3.16xlarge": "V100"}
+
+
+def instance_type(group: dict) -> str:
+    return group["template"]["spec"]["nodeSelector"]["node.kubernetes.io/instance-type"]
+
+
+def ray_resources(group: dict) -> dict:
+    """The custom resources a group's Ray nodes advertise (rayStartParams' JSON-in-a-string form)."""
+    raw = group["rayStartParams"].get("resources")
+    return json.loads(json.loads(raw)) if raw else {}
+
+
+def test_raycluster_has_a_cpu_group_and_a100_and_v100_groups_of_8_gpus():
     spec = load("raycluster.yaml")["spec"]
-    by_instance = {g["template"]["spec"]["nodeSelector"]["node.kubernetes.io/instance-type"]: g
-                   for g in spec["workerGroupSpecs"]}
-    assert set(by_instance) == {"p4d.24xlarge", "p3.16xlarge"}
+    by_instance = {instance_type(g): g for g in spec["workerGroupSpecs"]}
+    assert set(by_instance) == {"m6i.8xlarge", *GPU_TYPES}
+    assert gpus(by_instance.pop("m6i.8xlarge")) == 0  # extraction, Ray Data and Serve ingress start no GPU node
     assert all(gpus(group) == 8 for group in by_instance.values())
-    assert all(group["minReplicas"] == 0 for group in by_instance.values())  # scale from zero
+    assert all(group["minReplicas"] == 0 for group in spec["workerGroupSpecs"])  # scale from zero
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob-pretrain.yaml"])
+def test_gpu_groups_are_pinned_to_their_accelerator_type(name):
+    for group in cluster_spec(load(name))["workerGroupSpecs"]:
+        pinned = {key.removeprefix("accelerator_type:") for key in ray_resources(group)
+                  if key.startswith("accelerator_type:")}
+        assert pinned == ({GPU_TYPES[instance_type(group)]} if gpus(group) else set()), group["groupName"]
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob-pretrain.yaml"])
+def test_every_pod_reads_s3_as_the_projects_service_account(name):
+    account = load("serviceaccount.yaml")
+    assert account["kind"] == "ServiceAccount" and "eks.amazonaws.com/role-arn" in account["metadata"]["annotations"]
+    for template in pod_templates(cluster_spec(load(name))):
+        assert template["spec"]["serviceAccountName"] == account["metadata"]["name"]
 
 
 def entrypoint_args(manifest: dict) -> list[str]:

@@ -59,14 +59,18 @@ def test_launcher_checks_catch_a_missing_head_type_and_bad_bounds(config):
         jsonschema.validate(broken, json.loads(SCHEMA_PATH.read_text()))
 
 
-def test_gpu_worker_types(config):
+def test_cpu_and_pinned_gpu_worker_types(config):
     types = config["available_node_types"]
-    assert types[config["head_node_type"]]["resources"].get("GPU", 0) == 0
-    expected = {"gpu_a100": "p4d.24xlarge", "gpu_v100": "p3.16xlarge"}
-    for name, instance in expected.items():
+    assert types[config["head_node_type"]]["resources"] == {"CPU": 0}  # the head only coordinates
+    assert "GPU" not in types["cpu"]["resources"] and types["cpu"]["resources"]["CPU"] > 0
+    expected = {"gpu_a100": ("p4d.24xlarge", "A100"), "gpu_v100": ("p3.16xlarge", "V100")}
+    for name, (instance, accelerator) in expected.items():
         assert types[name]["node_config"]["InstanceType"] == instance
         assert types[name]["resources"]["GPU"] == 8
-        assert types[name]["min_workers"] == 0 < types[name]["max_workers"]
+        pinned = [key for key in types[name]["resources"] if key.startswith("accelerator_type:")]
+        assert pinned == [f"accelerator_type:{accelerator}"], name  # a run never mixes GPU types
+    for name in ("cpu", *expected):
+        assert types[name]["min_workers"] == 0 < types[name]["max_workers"], name
 
 
 def test_token_auth_on_every_node_from_a_mounted_file(config):

@@ -39,3 +39,11 @@ def test_defaults_are_the_papers_model():
     cfg = ModelConfig()
     assert (cfg.embed_dim, cfg.vision.preset, cfg.vision.image_size, cfg.text.preset, cfg.text.context_length) == (
         512, "vit-base", 224, "pubmedbert-base", 256)
+
+
+def test_accelerator_type_pins_gpu_workers_only():
+    from biomedclip.train.config import RunSection
+
+    assert from_dict(RunSection, {"use_gpu": True, "accelerator_type": "A100"}).accelerator_type == "A100"
+    with pytest.raises(ConfigError, match="run.accelerator_type: set run.use_gpu=true"):
+        from_dict(RunSection, {"accelerator_type": "A100"})

@@ -19,6 +19,7 @@ from PIL import Image
 from biomedclip.data.extract import ExtractConfig, ExtractError, run_extraction
 from biomedclip.pmc.pairs import PairConfig, build_pairs, load_article
 from biomedclip.samples.corpus import write_sample_corpus
+from tests.helpers import make_public_bucket
 from biomedclip.pmc.schema import PAIR_SCHEMA
 from biomedclip.pmc.sources import Source, SourceConfig
 from biomedclip.pmc.split import SPLITS
@@ -214,10 +215,7 @@ def test_cloud_layout_on_s3_to_s3_output(ray_session, s3_server, tmp_path):
     corpus = tmp_path / "corpus"
     write_sample_corpus(corpus, articles=24, layout="s3", seed=3)
     client = boto3.client("s3", endpoint_url=s3_server)
-    client.create_bucket(Bucket="pmc-source")
-    client.put_bucket_policy(Bucket="pmc-source", Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"],
-        "Resource": ["arn:aws:s3:::pmc-source", "arn:aws:s3:::pmc-source/*"]}]}))
+    make_public_bucket(client, "pmc-source")
     for path in corpus.rglob("*"):
         if path.is_file():
             client.put_object(Bucket="pmc-source", Key=path.relative_to(corpus).as_posix(), Body=path.read_bytes())

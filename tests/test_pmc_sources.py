@@ -16,6 +16,7 @@ from biomedclip.pmc.archives import ArchiveLimits, read_tar_gz
 from biomedclip.pmc.media import match_media
 from biomedclip.pmc.pairs import PairConfig, build_pairs, load_article
 from biomedclip.samples.corpus import write_sample_corpus
+from tests.helpers import make_public_bucket
 from biomedclip.pmc.skips import Skipped, safe_member
 from biomedclip.pmc.sources import Source, SourceConfig, key_from_url
 
@@ -237,13 +238,10 @@ def test_licence_filter(cloud_corpus):
 def upload(endpoint: str, bucket: str, root: Path, prefix: str = "", public: bool = True) -> None:
     """Creates `bucket` (world-readable like pmc-oa-opendata when `public`) holding the files under `root`."""
     client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket=bucket)
     if public:
-        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*",
-                  # AWS authorises HEAD with s3:GetObject; moto checks it as s3:HeadObject
-                  "Action": ["s3:GetObject", "s3:HeadObject", "s3:ListBucket"],
-                  "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}
-        client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+        make_public_bucket(client, bucket)
+    else:
+        client.create_bucket(Bucket=bucket)
     for path in sorted(root.rglob("*")):
         if path.is_file():
             client.put_object(Bucket=bucket, Key=prefix + path.relative_to(root).as_posix(), Body=path.read_bytes())

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from biomedclip.config import ConfigError, load_config
@@ -21,7 +22,7 @@ from biomedclip.text import Tokenizer
 from biomedclip.train.config import PretrainConfig
 from biomedclip.samples.shapes import write_shapes_corpus
 from biomedclip.tune.config import SweepConfig
-from biomedclip.tune.resources import local_cpus, plan_concurrency
+from biomedclip.tune.resources import cluster_capacity, local_cpus, plan_concurrency
 from biomedclip.tune.space import load_base
 from tests.helpers import load_job
 
@@ -211,15 +212,31 @@ def test_tiny_sweep_runs_two_trials_at_once_on_a_two_core_machine():
     assert local_cpus(sweep, base, machine_cpus=16) == 16
 
 
-def test_paper_sweep_config_is_valid_and_sized_by_gpus():
+def launcher_group_max(name: str) -> dict[str, float]:
+    """What one node type of ray-cluster.yaml adds at most: its resources x max_workers, as the autoscaler reports."""
+    group = yaml.safe_load((REPO / "ray-cluster.yaml").read_text())["available_node_types"][name]
+    return {kind: float(value) * group["max_workers"] for kind, value in group["resources"].items()}
+
+
+def test_paper_sweep_fits_the_a100_group_of_an_autoscaling_cluster():
     sweep = load_config(SweepConfig, SWEEP_PAPER)
     axes = sweep.axes()
     assert axes["model.vision.preset"].grid == ["vit-small", "vit-medium", "vit-base"]
     assert axes["model.vision.image_size"].grid == [224, 336, 448]
     assert axes["model.text.context_length"].grid == [77, 256]
     base = load_base(sweep)
-    # 16 GPU workers x 8 CPUs + 16 data CPUs per trial: 64 GPUs hold 4 trials, 512 CPUs only 3.
-    assert plan_concurrency(sweep, base, {"CPU": 512.0, "GPU": 64.0}) == 3
-    assert plan_concurrency(sweep, base, {"CPU": 2048.0, "GPU": 128.0}) == sweep.max_concurrent
-    with pytest.raises(ConfigError, match="16 GPUs .* the cluster has 64 CPUs, 8 GPUs"):
-        plan_concurrency(sweep, base, {"CPU": 64.0, "GPU": 8.0})
+    scaled_to_zero = {"CPU": 0.0}  # the head advertises no CPUs and no worker node runs yet
+    a100 = launcher_group_max("gpu_a100")  # 2 nodes x (96 CPUs, 8 GPUs)
+    assert plan_concurrency(sweep, base, cluster_capacity(scaled_to_zero, a100)) == sweep.max_concurrent == 4
+    one_node = {kind: value / 2 for kind, value in a100.items()}
+    assert plan_concurrency(sweep, base, cluster_capacity(scaled_to_zero, one_node)) == 2
+    with pytest.raises(ConfigError, match="needs .*4 GPUs .* the cluster has 0 CPUs, 0 GPUs.*max_gpus"):
+        plan_concurrency(sweep, base, cluster_capacity(scaled_to_zero, None))
+    # A cluster that does not tell Ray its limits: the operator's max_gpus decides, CPUs bound nothing.
+    assert plan_concurrency(sweep, base, cluster_capacity(scaled_to_zero, None, max_gpus=8)) == 2
+
+
+def test_capacity_is_the_larger_of_now_and_the_autoscalers_limit():
+    assert cluster_capacity({"CPU": 8.0, "GPU": 2.0}, {"CPU": 4.0, "GPU": 16.0}) == {"CPU": 8.0, "GPU": 16.0}
+    assert cluster_capacity({"CPU": 8.0}, None) == {"CPU": 8.0}
+    assert cluster_capacity({"CPU": 8.0}, {"GPU": 16.0}, max_gpus=4) == {"CPU": 8.0, "GPU": 4.0}

@@ -53,6 +53,7 @@ class RunSection:
     s3_endpoint: str | None = None
     num_workers: int | tuple[int, int] = 2  # fixed, or [min, max] for elastic training
     use_gpu: bool = False
+    accelerator_type: str | None = None  # e.g. A100: every worker on that GPU type (a cluster's node types name it)
     cpus_per_worker: float = 1.0
     max_failures: int = 0
     checkpoint_every_steps: int = 0  # 0: at the end of each epoch only
@@ -65,6 +66,8 @@ class RunSection:
         sizes = self.worker_range
         if sizes[0] < 1 or sizes[0] > sizes[1]:
             raise ConfigError(f"run.num_workers: {self.num_workers} is not a positive count or [min, max] range")
+        if self.accelerator_type and not self.use_gpu:
+            raise ConfigError("run.accelerator_type: set run.use_gpu=true as well (it pins the GPU type)")
 
     @property
     def worker_range(self) -> tuple[int, int]:

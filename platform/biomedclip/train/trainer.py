@@ -87,7 +87,8 @@ def build_trainer(cfg: PretrainConfig, tokenizer: Tokenizer, datasets: dict, tra
         train_loop_config={"config": to_dict(cfg), "tokenizer_json": tokenizer.backend.to_str(),
                            "train_rows": train_rows},
         scaling_config=ray.train.ScalingConfig(num_workers=low if low == high else (low, high), use_gpu=run.use_gpu,
-                                               resources_per_worker={"CPU": run.cpus_per_worker}),
+                                               resources_per_worker={"CPU": run.cpus_per_worker},
+                                               accelerator_type=run.accelerator_type),
         run_config=ray.train.RunConfig(
             name=run.name, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),

@@ -66,6 +66,7 @@ class SweepConfig:
     num_samples: int = 1  # draws of the space (a grid is repeated this many times)
     scheduler: SchedulerSection = field(default_factory=SchedulerSection)
     max_concurrent: int = 8  # upper bound; the cluster's resources may allow fewer
+    max_gpus: int | None = None  # GPUs the cluster can grow to; None: its autoscaler's limits, else what it has
     data_cpus_per_trial: float = 1.0  # CPUs each trial keeps free for its Ray Data preprocessing tasks
     storage_path: str = "runs/sweeps"  # local folder or s3://bucket/prefix; trials' checkpoints go under it
     s3_endpoint: str | None = None

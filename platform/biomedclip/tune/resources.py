@@ -1,8 +1,12 @@
 """How many trials run at once: each trial is a whole distributed run (its workers, plus CPUs for its data tasks),
-so concurrency is bounded by the cluster's CPUs and GPUs, and a trial that cannot fit is refused before any starts."""
+so concurrency is bounded by the cluster's CPUs and GPUs, and a trial that cannot fit is refused before any starts.
+
+"The cluster" is what it can grow to: an autoscaling cluster (`ray up`, KubeRay) that scales from zero has no GPUs
+when the sweep starts; trials beyond what is running wait in Tune's queue until the autoscaler brings nodes."""
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 from biomedclip.config import ConfigError
@@ -27,8 +31,25 @@ def _describe(cfg: PretrainConfig, data_cpus: float) -> str:
             f"+ data_cpus_per_trial={data_cpus} CPUs{gpus}")
 
 
+def cluster_capacity(current: dict[str, float], autoscaler_max: dict[str, float] | None,
+                     max_gpus: int | None = None) -> dict[str, float]:
+    """Per resource, the larger of what the cluster has now and what its autoscaler may add (its node types' max
+    counts; None on a fixed or local cluster). An explicit `max_gpus` (the sweep's) is the operator's word for a
+    cluster that does not tell Ray its limits: it sets the GPUs, and CPUs then bound nothing."""
+    capacity = dict(current)
+    for kind, most in (autoscaler_max or {}).items():
+        capacity[kind] = max(capacity.get(kind, 0.0), float(most))
+    if max_gpus is not None:
+        capacity["GPU"] = float(max_gpus)
+        if autoscaler_max is None:
+            capacity["CPU"] = math.inf
+    return capacity
+
+
 def trials_that_fit(footprint: dict[str, float], cluster: dict[str, float]) -> int:
-    return int(min(cluster.get(kind, 0.0) // need for kind, need in footprint.items() if need > 0))
+    bounded = [cluster.get(kind, 0.0) // need for kind, need in footprint.items()
+               if need > 0 and cluster.get(kind, 0.0) != math.inf]
+    return int(min(bounded, default=sys.maxsize))
 
 
 def _trial_configs(sweep: SweepConfig, base: dict[str, Any]) -> list[tuple[str, PretrainConfig]]:
@@ -48,7 +69,8 @@ def plan_concurrency(sweep: SweepConfig, base: dict[str, Any], cluster: dict[str
         if count == 0:
             have = ", ".join(f"{cluster.get(kind, 0):g} {kind}s" for kind in ("CPU", "GPU"))
             raise ConfigError(f"{label}: one trial needs {_describe(cfg, sweep.data_cpus_per_trial)} "
-                              f"but the cluster has {have}")
+                              f"but the cluster has {have}, and no autoscaler adds more (set max_gpus when it "
+                              "scales from zero without telling Ray its limits)")
         fits.append(count)
     return min(sweep.max_concurrent, *fits)
 

@@ -8,13 +8,14 @@ from typing import Callable
 
 import ray
 from ray import tune
+from ray._private.state import state as ray_state  # the autoscaler limits Ray Train and Data read too
 
 from biomedclip.io import storage_location
 from biomedclip.tune import results
 from biomedclip.tune.config import SweepConfig
 from biomedclip.tune.driver import EPOCHS, TrialSetup, run_trial
 from biomedclip.tune.progress import SweepProgress
-from biomedclip.tune.resources import DRIVER_CPUS, plan_concurrency
+from biomedclip.tune.resources import DRIVER_CPUS, cluster_capacity, plan_concurrency
 from biomedclip.tune.scheduler import ResumableASHA
 from biomedclip.tune.space import absolute_local_paths, check_space, load_base, param_space
 
@@ -74,7 +75,9 @@ def run_sweep(sweep: SweepConfig, progress: Callable[[str], None] = print) -> Sw
     base = load_base(sweep)
     base_cfg = check_space(sweep, base)
     max_t = sweep.scheduler.max_t or base_cfg.train.epochs
-    concurrency = plan_concurrency(sweep, base, ray.cluster_resources())
+    capacity = cluster_capacity(ray.cluster_resources(), ray_state.get_max_resources_from_cluster_config(),
+                                sweep.max_gpus)
+    concurrency = plan_concurrency(sweep, base, capacity)
     progress(f"sweep {sweep.name}: up to {concurrency} trials at once, ASHA on {sweep.scheduler.metric} "
              f"({sweep.scheduler.mode}), {max_t} epochs at most")
     tuner = _tuner(sweep, base, concurrency, max_t, progress)
