@@ -17,7 +17,7 @@ import sys
 import ray
 
 from biomedclip.config import ConfigError, load_config
-from biomedclip.data.extract import ExtractConfig, ExtractError, run_extraction
+from biomedclip.data.extract import ExtractConfig, ExtractError, ExtractFailed, run_extraction
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,9 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     except ExtractError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except ExtractFailed as err:
+        print(f"extraction failed: {err}", file=sys.stderr)
+        return 1
     finally:
         ray.shutdown()
-    summary = {k: manifest[k] for k in ("articles_seen", "figures_found", "pairs_written", "skipped", "shards")}
+    summary = {k: manifest[k] for k in ("articles_seen", "unreadable_share", "figures_found", "pairs_written",
+                                        "skipped", "shards")}
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 import pytest
 from PIL import Image
 
-from biomedclip.data.extract import ExtractConfig, ExtractError, run_extraction
+from biomedclip.data.extract import ExtractConfig, ExtractError, ExtractFailed, run_extraction
 from biomedclip.pmc.pairs import PairConfig, build_pairs, load_article
 from biomedclip.samples.corpus import write_sample_corpus
 from tests.helpers import make_public_bucket
@@ -254,3 +254,22 @@ def test_subset_then_full_run_equals_one_full_run(ray_session, tmp_path):
     with pytest.raises(ExtractError, match="images"):
         run_extraction(ExtractConfig(source=SourceConfig(uri=str(corpus)), output=str(tmp_path / "fresh"),
                                      articles_per_unit=4, images=ExtractConfig().images.__class__(max_side=128)))
+
+
+def test_unreadable_articles_fail_the_run_past_the_configured_share(ray_session, tmp_path):
+    """A mirror whose metadata points at XML that is not there (as with a wrong endpoint, missing credentials or a
+    half-synced copy): every such article is a read_error, and the run fails once their share reaches the limit."""
+    corpus = tmp_path / "corpus"
+    write_sample_corpus(corpus, articles=4, layout="s3", seed=6)
+    for folder in ("PMC9100000.1", "PMC9100001.1"):
+        shutil.rmtree(corpus / folder)
+    half = extract(str(corpus), tmp_path / "half", articles_per_unit=4)  # default: fail only when all are unreadable
+    assert (half["articles_seen"], half["articles_unreadable"], half["unreadable_share"]) == (4, 2, 0.5)
+    assert half["pairs_total"] > 0
+    with pytest.raises(ExtractFailed, match=r"2 of 4 articles \(50%\) could not be read from .*corpus"):
+        extract(str(corpus), tmp_path / "strict", articles_per_unit=4, fail_unreadable_share=0.5)
+    assert json.loads((tmp_path / "strict" / "manifest.json").read_text())["unreadable_share"] == 0.5
+    for folder in ("PMC9100002.1", "PMC9100003.1"):
+        shutil.rmtree(corpus / folder)
+    with pytest.raises(ExtractFailed, match=r"4 of 4 articles \(100%\)"):
+        extract(str(corpus), tmp_path / "none", articles_per_unit=4)

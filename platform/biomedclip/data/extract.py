@@ -47,7 +47,11 @@ OUTPUT_DEFINING = ("source", "images", "filters", "split", "articles_per_unit")
 
 
 class ExtractError(RuntimeError):
-    pass
+    """The run cannot start: a setting or the output location is wrong."""
+
+
+class ExtractFailed(RuntimeError):
+    """The run ended but did not do its work (e.g. the articles could not be read); the manifest says what happened."""
 
 
 @dataclass(frozen=True)
@@ -65,12 +69,15 @@ class ExtractConfig:
     cpus_per_task: float = 1.0
     dedup_units_per_group: int = 512
     dedup_pairs_per_bucket: int = 1_000_000
+    fail_unreadable_share: float = 1.0  # the run fails when at least this share of articles is unreadable (1: all)
 
     def __post_init__(self):
         if self.articles_per_unit < 1 or self.units_per_wave < 1 or self.io_threads < 1:
             raise ValueError("articles_per_unit, units_per_wave and io_threads must be >= 1")
         if self.limit is not None and self.limit < 0:
             raise ValueError("limit must be >= 0")
+        if not 0 < self.fail_unreadable_share <= 1:
+            raise ValueError(f"fail_unreadable_share: {self.fail_unreadable_share} is not in (0, 1]")
 
     @property
     def pairs(self) -> PairConfig:
@@ -90,7 +97,20 @@ def run_extraction(config: ExtractConfig) -> dict:
     units = clock.time("stage", _stage, source, out, config)
     losers = clock.time("dedup", _find_duplicates, units, out, config)
     finals = clock.time("finalize", _finalize, units, losers, out, config)
-    return _write_manifest(units, finals, out, config, source.layout, clock)
+    manifest = _write_manifest(units, finals, out, config, source.layout, clock)
+    _check_readable(manifest, config)
+    return manifest
+
+
+def _check_readable(manifest: dict, config: ExtractConfig) -> None:
+    seen, unreadable = manifest["articles_seen"], manifest["articles_unreadable"]
+    if seen == 0:
+        raise ExtractFailed(f"no articles found in {config.source.uri} (layout {manifest['layout']})")
+    if manifest["unreadable_share"] >= config.fail_unreadable_share:
+        raise ExtractFailed(
+            f"{unreadable} of {seen} articles ({manifest['unreadable_share']:.0%}) could not be read from "
+            f"{config.source.uri}: check the S3 endpoint (AWS_ENDPOINT_URL), credentials or --signed; the log names "
+            f"each file and {manifest['articles_report']} lists every article")
 
 
 class _Clock:

@@ -8,9 +8,15 @@ from biomedclip.pmc.split import SPLITS
 from biomedclip.pmc.stats import merge_histograms
 
 
+def is_unreadable(report: dict) -> bool:
+    """An article whose files could not be read at all (so none of its figures was even seen): a wrong endpoint,
+    missing credentials or a dead mirror shows as many of these."""
+    return report["skipped"].get("read_error", 0) > 0 and report["figures"] == 0
+
+
 class ManifestBuilder:
     def __init__(self):
-        self.articles = self.figures = self.extracted = 0
+        self.articles = self.figures = self.extracted = self.unreadable = 0
         self.skipped: Counter = Counter()
         self.pairs: Counter = Counter({split: 0 for split in SPLITS})
         self.histograms: list[dict] = []
@@ -22,6 +28,7 @@ class ManifestBuilder:
         self.figures += marker["figures"]
         self.extracted += marker["pairs"]
         self.skipped.update(marker["skipped"])
+        self.unreadable += sum(1 for report in marker["reports"] if is_unreadable(report))
         return [(json.dumps(report, sort_keys=True) + "\n").encode() for report in marker["reports"]]
 
     def add_final(self, marker: dict) -> None:
@@ -33,6 +40,8 @@ class ManifestBuilder:
     def manifest(self) -> dict:
         return {
             "articles_seen": self.articles,
+            "articles_unreadable": self.unreadable,
+            "unreadable_share": round(self.unreadable / self.articles, 4) if self.articles else 0.0,
             "figures_found": self.figures,
             "pairs_extracted": self.extracted,
             "pairs_written": dict(self.pairs),
