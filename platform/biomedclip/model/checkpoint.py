@@ -78,8 +78,9 @@ def load_weights(model: BiomedCLIP, state: dict[str, torch.Tensor]) -> BiomedCLI
 
 
 def load_model(path: str | Path, config: ModelConfig | None = None) -> BiomedCLIP:
-    """Builds the model from `config` (or the config stored in the checkpoint) and loads the weights."""
+    """Builds the model from `config` (or the config stored in the checkpoint) and loads the weights. The model
+    comes in eval mode (patch dropout off): training calls `.train()` itself."""
     config = config or read_config(path)
     if config is None:
         raise CheckpointError(f"{path}: the checkpoint carries no model config; pass one")
-    return load_weights(BiomedCLIP(config), read_state_dict(path))
+    return load_weights(BiomedCLIP(config), read_state_dict(path)).eval()
