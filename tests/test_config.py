@@ -1,10 +1,12 @@
+import dataclasses
+import typing
+
 import pytest
 import yaml
 
-from tests.conftest import REPO
-
 from biomedclip.config import ConfigError, from_dict, load_config
 from biomedclip.model import ModelConfig
+from tests.conftest import REPO
 
 
 def test_yaml_and_dotted_overrides(tmp_path):
@@ -39,3 +41,32 @@ def test_defaults_are_the_papers_model():
     cfg = ModelConfig()
     assert (cfg.embed_dim, cfg.vision.preset, cfg.vision.image_size, cfg.text.preset, cfg.text.context_length) == (
         512, "vit-base", 224, "pubmedbert-base", 256)
+
+
+def _config_classes(cls: type, seen: set[type]) -> set[type]:
+    """`cls` and every dataclass nested in its fields."""
+    seen.add(cls)
+    for hint in typing.get_type_hints(cls).values():
+        for candidate in (hint, *typing.get_args(hint)):
+            if dataclasses.is_dataclass(candidate) and candidate not in seen:
+                _config_classes(candidate, seen)
+    return seen
+
+
+def test_job_configs_are_frozen_after_loading():
+    from biomedclip.data.extract import ExtractConfig
+    from biomedclip.evaluate import EvaluateConfig
+    from biomedclip.evaluate.embed import EmbedConfig
+    from biomedclip.train.config import PretrainConfig
+    from biomedclip.tune.config import SweepConfig
+    from biomedclip.vqa.train import FinetuneConfig
+
+    classes = set()
+    for job_config in (ExtractConfig, EvaluateConfig, PretrainConfig, SweepConfig, FinetuneConfig):
+        _config_classes(job_config, classes)
+    # EmbedConfig lives in evaluate/embed.py, which the inference rewrite replaces; it freezes there.
+    mutable = sorted(c.__name__ for c in classes - {EmbedConfig} if not c.__dataclass_params__.frozen)
+    assert not mutable, f"config classes a job could edit after loading: {mutable}"
+    cfg = load_config(PretrainConfig, REPO / "jobs/configs/tiny.yaml")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.epochs = 3

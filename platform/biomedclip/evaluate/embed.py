@@ -163,8 +163,6 @@ def embed_dataset(artifact_dir: str | Path, dataset, config: EmbedConfig | None 
 
 def _map(dataset: ray.data.Dataset, embedder: type, kwargs: dict, config: EmbedConfig | None) -> ray.data.Dataset:
     config = config or EmbedConfig()
-    if not ray.is_initialized():
-        ray.init()
     gpus = int(ray.cluster_resources().get("GPU", 0))
     return dataset.map_batches(
         embedder,
