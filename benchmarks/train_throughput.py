@@ -74,8 +74,10 @@ def plain_and_accumulation(cfg: PretrainConfig, global_batch: int, k: int, steps
     torch.manual_seed(0)
     model = build_model(model_cfg).train()
     one = time_steps(model, [(pixels, tokens)], steps, 2, Precision(cfg.train.bf16))
-    accumulated = time_steps(model, list(zip(pixels.chunk(k), tokens.chunk(k))), steps, 2, Precision(cfg.train.bf16))
-    return {"plain_samples_per_s": global_batch / one, "accumulation_k": k, "accumulation_cost_ratio": accumulated / one}
+    micro_batches = list(zip(pixels.chunk(k), tokens.chunk(k)))
+    accumulated = time_steps(model, micro_batches, steps, 2, Precision(cfg.train.bf16))
+    return {"plain_samples_per_s": global_batch / one, "accumulation_k": k,
+            "accumulation_cost_ratio": accumulated / one}
 
 
 def ray_loop(cfg_path: Path, global_batch: int, steps: int, data_dir: Path, out_dir: Path) -> float:
@@ -85,7 +87,8 @@ def ray_loop(cfg_path: Path, global_batch: int, steps: int, data_dir: Path, out_
 
     cfg = load_config(PretrainConfig, cfg_path, [
         f"data.path={data_dir}", f"run.output_dir={out_dir}", f"data.micro_batch={global_batch}",
-        "data.augment=false", "data.vocab_size=512", "train.epochs=1", f"train.curriculum=[{{global_batch: {global_batch}}}]",
+        "data.augment=false", "data.vocab_size=512", "train.epochs=1",
+        f"train.curriculum=[{{global_batch: {global_batch}}}]",
         "run.num_workers=1", "run.export=false", f"data.shuffle_buffer={global_batch}", "train.log_every_steps=1000",
         "train.unmasked_epochs=0"])
     if not ray.is_initialized():

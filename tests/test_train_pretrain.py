@@ -31,8 +31,9 @@ def corpus(tmp_path_factory) -> tuple[Path, Path]:
     """32 train / 16 val pairs and one tokenizer shared by every run (WordPiece training is not reproducible)."""
     root = tmp_path_factory.mktemp("pretrain")
     data = write_shapes_corpus(root / "data", train=32, val=16, rows_per_file=8)
-    tokenizer = Tokenizer.train([f"A {s} {c} {sh} in the {p} corner." for s in ("small", "large")
-                                 for c in ("red", "blue") for sh in ("circle", "square") for p in ("upper left",)], 256, 77)
+    captions = [f"A {s} {c} {sh} in the {p} corner." for s in ("small", "large") for c in ("red", "blue")
+                for sh in ("circle", "square") for p in ("upper left",)]
+    tokenizer = Tokenizer.train(captions, 256, 77)
     tokenizer.save(root / "tokenizer")
     return data, root / "tokenizer"
 
@@ -105,7 +106,8 @@ def test_stop_and_resume_from_s3_equals_uninterrupted(uninterrupted, corpus, tmp
 
 def test_impossible_curriculum_is_refused_before_training(ray_session, corpus, tmp_path):
     data, tokenizer = corpus
-    cfg_args = overrides(data, tokenizer, tmp_path, "train.curriculum=[{until_epoch: 1, global_batch: 8}, {global_batch: 12}]")
+    cfg_args = overrides(data, tokenizer, tmp_path,
+                         "train.curriculum=[{until_epoch: 1, global_batch: 8}, {global_batch: 12}]")
     cfg = load_config(PretrainConfig, REPO / "jobs/configs/tiny.yaml", cfg_args[1::2])
     with pytest.raises(CurriculumError, match=r"train\.curriculum\[1\]: global_batch 12 is not a positive multiple"):
         run_pretraining(cfg)

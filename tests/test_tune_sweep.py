@@ -175,7 +175,8 @@ def test_sweep_stops_weak_trials_resumes_after_ctrl_c_and_writes_results(corpus,
 def test_unsupported_axis_values_are_refused_before_ray_starts(corpus, tmp_path, capsys):
     job = SWEEP_JOB
     cases = {"space={model.vision.image_size: {grid: [224, 300]}}": "space.model.vision.image_size: value 300",
-             "space={model.vision.preset: {grid: [vit-small, vit-huge]}}": "space.model.vision.preset: value 'vit-huge'",
+             "space={model.vision.preset: {grid: [vit-small, vit-huge]}}":
+                 "space.model.vision.preset: value 'vit-huge'",
              "space={model.text.context_length: {choice: [77, 128]}}": "space.model.text.context_length: value 128",
              "space={model.vision.imgsize: {grid: [224]}}": "model.vision.imgsize: unknown key",
              "space={train.optim.lr: {loguniform: [0, 1.0e-3]}}": "space.train.optim.lr: loguniform"}

@@ -193,7 +193,8 @@ def _find_duplicates(units: list[str], out: OutputStore, config: ExtractConfig) 
     out.delete_dir(directory)  # recomputed from the staged shards on every run
     write = partial(_group_row, buckets=buckets, directory=directory, out=out)
     items = [{"group": g, "units": names} for g, names in enumerate(groups)]
-    _unreserved(ray.data.from_items(items, override_num_blocks=len(items)).map(write, num_cpus=config.cpus_per_task)).materialize()
+    groups_ds = ray.data.from_items(items, override_num_blocks=len(items))
+    _unreserved(groups_ds.map(write, num_cpus=config.cpus_per_task)).materialize()
     find = partial(_bucket_rows, groups=len(groups), directory=directory, out=out)
     losers: dict[str, list[str]] = defaultdict(list)
     rows = ray.data.range(buckets, override_num_blocks=buckets).flat_map(find, num_cpus=config.cpus_per_task)

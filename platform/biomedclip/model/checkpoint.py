@@ -73,7 +73,8 @@ def load_weights(model: BiomedCLIP, state: dict[str, torch.Tensor]) -> BiomedCLI
             state[POS_EMBED_KEY], new_size=(grid, grid), num_prefix_tokens=model.visual.trunk.num_prefix_tokens)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointError(f"checkpoint does not match the model: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
     return model
 
 

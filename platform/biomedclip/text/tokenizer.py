@@ -1,4 +1,5 @@
-"""WordPiece tokenizer (uncased when trained here) with BERT special tokens, padded and truncated to the model's context length.
+"""WordPiece tokenizer (uncased when trained here) with BERT special tokens, padded and truncated to the model's
+context length.
 
 Either loaded from a local Hugging Face tokenizer directory (e.g. a downloaded BiomedBERT) or trained on captions.
 Encoding runs on the `tokenizers` library alone, so data workers need not import transformers.
