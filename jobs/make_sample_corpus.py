@@ -17,7 +17,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--articles", type=cli.positive_int, default=300, help="number of articles")
     parser.add_argument("--layout", choices=["s3", "tar", "folders"], default="s3",
                         help="s3: the PMC Cloud Service layout (as local files); tar: OA packages; folders")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same corpus")
     parser.add_argument("--image-size", type=int, nargs=2, default=(160, 256), metavar=("MIN", "MAX"),
                         help="range of the figures' width and height in pixels")
 

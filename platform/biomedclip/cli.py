@@ -40,7 +40,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """The docstring as written (its usage examples keep their layout) and every option's default."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, False, [], argparse.SUPPRESS):  # nothing to show: the help says what none means
+        if _no_default(action.default):  # nothing to show: the help says what none means
             return action.help or ""
         return super()._get_help_string(action)
 
@@ -179,6 +179,11 @@ def print_table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = No
         if header and n == 0:
             print("  ".join("-" * width for width in widths))
     sys.stdout.flush()
+
+
+def _no_default(value: Any) -> bool:
+    """None, a flag's False, an empty list: no value worth showing (0 is one)."""
+    return value is None or value is False or value == [] or value == argparse.SUPPRESS
 
 
 def _refuse(message: str) -> int:
