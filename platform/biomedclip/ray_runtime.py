@@ -12,6 +12,8 @@ from collections.abc import Callable
 import ray
 from ray.data import DataContext
 
+START_ATTEMPTS = 3
+
 
 def connect_or_start(local_cpus: Callable[[int], int], num_cpus: int | None = None, address: str | None = None,
                      verbose: bool = False) -> None:
@@ -29,9 +31,21 @@ def connect_or_start(local_cpus: Callable[[int], int], num_cpus: int | None = No
         ray.init(address=address, log_to_driver=verbose)
         return
     cpus = num_cpus or local_cpus(os.cpu_count() or 1)
-    context = ray.init(num_cpus=cpus, log_to_driver=verbose)
+    context = _start_local(cpus, verbose)
     print(f"started a local Ray with {cpus} logical CPUs; its logs: {context.address_info['session_dir']}/logs",
           flush=True)
+
+
+def _start_local(cpus: int, verbose: bool, attempts: int = START_ATTEMPTS):
+    """A busy machine can miss Ray's node start-up deadline (or lose a raylet to a port race); a new start succeeds."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return ray.init(num_cpus=cpus, log_to_driver=verbose)
+        except Exception as err:  # noqa: BLE001 - any start-up failure; the last one is raised
+            ray.shutdown()
+            if attempt == attempts:
+                raise
+            print(f"Ray did not start ({err}); starting it again", flush=True)
 
 
 def quiet_ray(verbose: bool) -> None:
