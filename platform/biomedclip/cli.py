@@ -14,7 +14,6 @@ import logging
 import os
 import sys
 import traceback
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -152,13 +151,12 @@ def positive_int(text: str) -> int:
 
 
 def configure_logging(verbose: bool) -> None:
-    """Warnings on stderr; INFO lines (the library's and other libraries') and Ray's warnings only with --verbose."""
+    """Warnings on stderr; INFO lines (the library's and other libraries') only with --verbose."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not verbose:
         logging.getLogger("biomedclip").setLevel(logging.WARNING)
         for name in NOISY_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
-        warnings.filterwarnings("ignore", module="ray")  # deprecation notices about Ray's own internals
 
 
 def start_ray(args: argparse.Namespace, local_cpus: Callable[[int], int] | None = None) -> None:

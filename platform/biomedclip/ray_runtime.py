@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable
 
 import ray
@@ -49,14 +50,16 @@ def _start_local(cpus: int, verbose: bool, attempts: int = START_ATTEMPTS):
 
 
 def quiet_ray(verbose: bool) -> None:
-    """Unless `verbose`: Ray's INFO lines off the terminal, and no Ray Data bars or execution banners. Ray Data
-    still writes its full log to ray-data.log in the session's log folder."""
+    """Unless `verbose`: Ray's INFO lines and Python warnings off the terminal, and no Ray Data bars or execution
+    banners. Ray Data still writes its full log to ray-data.log in the session's log folder."""
     context = DataContext.get_current()
     context.enable_progress_bars = verbose
     context.print_on_execution_start = verbose
     context.verbose_stats_logs = False
     if verbose:
         return
+    # After `import ray`, whose own filter would otherwise print each deprecation notice about its internals once.
+    warnings.filterwarnings("ignore", module="ray")
     for name in [name for name in logging.root.manager.loggerDict if name.split(".")[0] == "ray"]:
         if not name.startswith("ray.data"):  # Ray Data keeps DEBUG for its log file; its console is set below
             logging.getLogger(name).setLevel(logging.WARNING)
