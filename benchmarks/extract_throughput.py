@@ -97,13 +97,15 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, work: Path, corpus: Path) -> str:
     if not (corpus / "sample_truth.jsonl").exists():
-        print(f"writing {args.articles} articles with {args.image_size[0]}-{args.image_size[1]} px figures ...", flush=True)
+        size = f"{args.image_size[0]}-{args.image_size[1]} px"
+        print(f"writing {args.articles} articles with {size} figures ...", flush=True)
         write_sample_corpus(corpus, args.articles, "s3", seed=0, image_size=tuple(args.image_size))
     write_sample_corpus(work / "warmup", 12, "s3", seed=1)
     images = figure_images(corpus)
     config = ExtractConfig(source=SourceConfig(uri=str(corpus)), output=str(work / "out"),
                            articles_per_unit=args.articles_per_unit)
-    warmup = ExtractConfig(source=SourceConfig(uri=str(work / "warmup")), output=str(work / "warm"), articles_per_unit=1)
+    warmup = ExtractConfig(source=SourceConfig(uri=str(work / "warmup")), output=str(work / "warm"),
+                           articles_per_unit=1)
     run_extraction(warmup)  # starts a worker process per core
     cores, session = int(ray.cluster_resources()["CPU"]), ray.get_runtime_context().get_session_name()
     (before, cpu_before), load = single_core(images, config.images), os.getloadavg()[0]
@@ -124,7 +126,8 @@ def measure(args: argparse.Namespace, work: Path, corpus: Path) -> str:
         f"ideal ({cores} x single core)        : {reference * cores:.1f} figures/s",
         f"efficiency (pipeline / ideal)   : {pipeline / (reference * cores):.2f}   (goal >= 0.8)",
         f"CPU per figure                  : pipeline {cpu / decoded * 1000:.0f} ms (Ray session + driver), "
-        f"decode+resize+encode alone {reference_cpu * 1000:.0f} ms -> CPU efficiency {reference_cpu * decoded / cpu:.2f}",
+        f"decode+resize+encode alone {reference_cpu * 1000:.0f} ms -> CPU efficiency "
+        f"{reference_cpu * decoded / cpu:.2f}",
         f"machine load average            : {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
     ])
 

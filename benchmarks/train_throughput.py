@@ -14,6 +14,7 @@ CUDA mode: images/s of full training steps and model FLOPs utilisation, FLOPs co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -68,13 +69,15 @@ def plain_and_accumulation(cfg: PretrainConfig, global_batch: int, k: int, steps
                              tokenizer_json=tokenizer.backend.to_str(), context_length=tokenizer.context_length,
                              image_size=cfg.model.vision.image_size, augment=False)
     pixels, tokens = torch.from_numpy(batch[PIXELS]), torch.from_numpy(batch[TOKENS])
-    model_cfg = cfg.model
-    model_cfg.text.vocab_size = tokenizer.vocab_size
+    text = dataclasses.replace(cfg.model.text, vocab_size=tokenizer.vocab_size)
+    model_cfg = dataclasses.replace(cfg.model, text=text)
     torch.manual_seed(0)
     model = build_model(model_cfg).train()
     one = time_steps(model, [(pixels, tokens)], steps, 2, Precision(cfg.train.bf16))
-    accumulated = time_steps(model, list(zip(pixels.chunk(k), tokens.chunk(k))), steps, 2, Precision(cfg.train.bf16))
-    return {"plain_samples_per_s": global_batch / one, "accumulation_k": k, "accumulation_cost_ratio": accumulated / one}
+    micro_batches = list(zip(pixels.chunk(k), tokens.chunk(k)))
+    accumulated = time_steps(model, micro_batches, steps, 2, Precision(cfg.train.bf16))
+    return {"plain_samples_per_s": global_batch / one, "accumulation_k": k,
+            "accumulation_cost_ratio": accumulated / one}
 
 
 def ray_loop(cfg_path: Path, global_batch: int, steps: int, data_dir: Path, out_dir: Path) -> float:
@@ -84,7 +87,8 @@ def ray_loop(cfg_path: Path, global_batch: int, steps: int, data_dir: Path, out_
 
     cfg = load_config(PretrainConfig, cfg_path, [
         f"data.path={data_dir}", f"run.output_dir={out_dir}", f"data.micro_batch={global_batch}",
-        "data.augment=false", "data.vocab_size=512", "train.epochs=1", f"train.curriculum=[{{global_batch: {global_batch}}}]",
+        "data.augment=false", "data.vocab_size=512", "train.epochs=1",
+        f"train.curriculum=[{{global_batch: {global_batch}}}]",
         "run.num_workers=1", "run.export=false", f"data.shuffle_buffer={global_batch}", "train.log_every_steps=1000",
         "train.unmasked_epochs=0"])
     if not ray.is_initialized():
@@ -124,7 +128,9 @@ def model_flops_per_step(model, pixels, tokens, precision: Precision, device) ->
 def run_cuda(args) -> dict:
     device = torch.device("cuda")
     cfg = load_config(PretrainConfig, REPO / "jobs/configs/paper.yaml")
-    cfg.model.vision.patch_dropout = 0.0 if args.no_patch_dropout else cfg.model.vision.patch_dropout
+    if args.no_patch_dropout:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, vision=dataclasses.replace(cfg.model.vision, patch_dropout=0.0)))
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device).train()
     precision = Precision(bf16=True)

@@ -1,60 +1,63 @@
 """Evaluate a checkpoint: cross-modal retrieval, zero-shot classification or a linear probe -> JSON report + PNGs.
 
-    python jobs/evaluate.py --checkpoint CKPT --task retrieval|zeroshot|linear-probe --data PATH
-                            [--test-data PATH] [--config jobs/configs/evaluate.yaml] [--set key=value ...]
-                            [--output DIR]
+    python jobs/evaluate.py --checkpoint demo_out/pretrain/final --task retrieval --data demo_out/pairs/test
+    python jobs/evaluate.py --checkpoint demo_out/pretrain/final --task zeroshot --data demo_out/pairs/test \\
+        --config jobs/configs/evaluate_demo.yaml
+    python jobs/evaluate.py --checkpoint MODEL --task linear-probe --data lung_folders/ --test-data lung_test/
 
-CKPT is a model artifact directory (ours or an open_clip BiomedCLIP one). --data is a Parquet split (retrieval, and
-zero-shot with a caption-keyword task) or a labelled dataset: class folders, PCam .h5, RSNA label CSV, path,label CSV.
+--checkpoint is a model artifact directory (ours or an open_clip BiomedCLIP one). --data is a Parquet split
+(retrieval, and zero-shot with a caption-keyword task) or a labelled dataset: class folders, PCam .h5, RSNA label
+CSV, path,label CSV.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from biomedclip.config import ConfigError, load_config
-from biomedclip.evaluate import EvaluateConfig, run_linear_probe, run_retrieval, run_zeroshot
-from biomedclip.evaluate.datasets import DatasetError
-from biomedclip.evaluate.report import summary
-from biomedclip.model.checkpoint import CheckpointError
+from biomedclip import cli
 
 TASKS = ("retrieval", "zeroshot", "linear-probe")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, help="model artifact directory")
     parser.add_argument("--task", required=True, choices=TASKS)
-    parser.add_argument("--data", required=True, type=Path)
-    parser.add_argument("--test-data", type=Path, help="linear probe: test set (default: a stratified hold-out)")
-    parser.add_argument("--config", type=Path, help="YAML with the EvaluateConfig sections")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    parser.add_argument("--output", type=Path, default=Path("eval_out"))
-    return parser.parse_args(argv)
+    parser.add_argument("--data", required=True, type=Path, help="Parquet split or labelled dataset")
+    parser.add_argument("--test-data", type=Path, help="linear probe: test set (none: a stratified hold-out)")
+    parser.add_argument("--output", type=Path, default=Path("eval_out"), help="folder for the report and plots")
 
 
-def run(args: argparse.Namespace, config: EvaluateConfig) -> dict:
+def run(args: argparse.Namespace) -> dict:
+    for option, path in (("--checkpoint", args.checkpoint), ("--data", args.data), ("--test-data", args.test_data)):
+        if path is not None:
+            cli.existing(path, option)
+    # Libraries are imported here, not at the top: --help and usage errors answer at once.
+    from biomedclip.evaluate import EvaluateConfig, run_linear_probe, run_retrieval, run_zeroshot
+    from biomedclip.evaluate.report import summary
+
+    config = cli.load(EvaluateConfig, args)
+    cli.start_ray(args)
     if args.task == "retrieval":
-        return run_retrieval(args.checkpoint, args.data, config, args.output)
-    if args.task == "zeroshot":
-        return run_zeroshot(args.checkpoint, args.data, config=config, output_dir=args.output)
-    return run_linear_probe(args.checkpoint, args.data, args.test_data, config, args.output)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        config = load_config(EvaluateConfig, args.config, args.set)
-        print(f"evaluating {args.checkpoint} ({args.task}) on {args.data}", flush=True)
-        report = run(args, config)
-    except (ConfigError, DatasetError, CheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        report = run_retrieval(args.checkpoint, args.data, config, args.output)
+    elif args.task == "zeroshot":
+        report = run_zeroshot(args.checkpoint, args.data, config=config, output_dir=args.output)
+    else:
+        report = run_linear_probe(args.checkpoint, args.data, args.test_data, config, args.output)
     print(summary(report))
     print(f"report written to {args.output}/")
-    return 0
+    return report
 
+
+def user_errors() -> tuple[type[Exception], ...]:
+    from biomedclip.evaluate.datasets import DatasetError
+    from biomedclip.model.checkpoint import CheckpointError
+
+    return DatasetError, CheckpointError
+
+
+JOB = cli.Job(__doc__, arguments, run, user_errors=user_errors)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(JOB.main())

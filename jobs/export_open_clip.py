@@ -1,23 +1,26 @@
 """Export a BiomedCLIP model in open_clip's local-dir layout (`open_clip.create_model_and_transforms('local-dir:DIR')`).
 
-    python jobs/export_open_clip.py --config jobs/configs/tiny.yaml [--checkpoint CKPT] --output DIR
+    python jobs/export_open_clip.py --config jobs/configs/tiny.yaml --checkpoint demo_out/pretrain/final \
+        --output demo_out/open_clip
+    python jobs/export_open_clip.py --config jobs/configs/paper.yaml --output paper_open_clip   # random weights
 
-CKPT is a model artifact directory (model.safetensors + tokenizer/, e.g. a pretraining checkpoint or its `final/`)
-or a bare .safetensors file. Without a checkpoint the model is randomly initialised from the config's `model:`
+--checkpoint is a model artifact directory (model.safetensors + tokenizer/, e.g. a pretraining checkpoint or its
+`final/`) or a bare .safetensors file. Without a checkpoint the model is randomly initialised from the config's `model:`
 section. Without a tokenizer (no artifact) a small vocabulary is trained on a few built-in captions.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from biomedclip.config import ConfigError, load_config
-from biomedclip.model import CheckpointError, build_model, load_model
-from biomedclip.model.artifact import load_artifact
-from biomedclip.model.export import export_open_clip
-from biomedclip.text import Tokenizer
-from biomedclip.train.config import PretrainConfig
+from biomedclip import cli
+
+if TYPE_CHECKING:
+    from biomedclip.text import Tokenizer
+    from biomedclip.train.config import PretrainConfig
 
 BUILT_IN_CAPTIONS = [
     "Chest radiograph showing a right lower lobe consolidation.",
@@ -30,11 +33,16 @@ BUILT_IN_CAPTIONS = [
 
 
 def built_in_tokenizer(context_length: int) -> Tokenizer:
+    from biomedclip.text import Tokenizer
+
     return Tokenizer.train(BUILT_IN_CAPTIONS, vocab_size=512, context_length=context_length, min_frequency=1)
 
 
 def load(cfg: PretrainConfig, checkpoint: Path | None):
     """(model, tokenizer, description of where each came from)."""
+    from biomedclip.model import build_model, load_model
+    from biomedclip.model.artifact import load_artifact
+
     if checkpoint is not None and checkpoint.is_dir():
         model, tokenizer = load_artifact(checkpoint)
         return model, tokenizer, f"model and tokenizer from {checkpoint}"
@@ -43,22 +51,27 @@ def load(cfg: PretrainConfig, checkpoint: Path | None):
         model = load_model(checkpoint)  # a bare .safetensors carries its config and vocabulary size
         return model, tokenizer, (f"model from {checkpoint}; NO tokenizer in a bare weights file: a "
                                   f"{tokenizer.vocab_size}-token vocabulary trained on built-in captions stands in")
-    cfg.model.text.vocab_size, cfg.model.text.pad_token_id = tokenizer.vocab_size, tokenizer.pad_token_id
-    return build_model(cfg.model), tokenizer, (f"randomly initialised model; tokenizer trained on built-in captions "
-                                               f"({tokenizer.vocab_size} tokens)")
+    text = dataclasses.replace(cfg.model.text, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id)
+    model = build_model(dataclasses.replace(cfg.model, text=text))
+    return model, tokenizer, f"randomly initialised model; tokenizer trained on built-in captions " \
+                             f"({tokenizer.vocab_size} tokens)"
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML config whose model: section builds the model")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="artifact directory or .safetensors file")
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, help="artifact directory or .safetensors file (none: random "
+                                                        "weights from the config's model: section)")
     parser.add_argument("--output", type=Path, required=True, help="directory to write")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(PretrainConfig, args.config)
-        model, tokenizer, source = load(cfg, args.checkpoint)
-    except (ConfigError, CheckpointError) as err:
-        sys.exit(f"error: {err}")
+
+
+def run(args: argparse.Namespace) -> Path:
+    if args.checkpoint is not None:
+        cli.existing(args.checkpoint, "--checkpoint")
+    # Libraries are imported here, not at the top: --help and usage errors answer at once.
+    from biomedclip.model.export import export_open_clip
+    from biomedclip.train.config import PretrainConfig
+
+    cfg = cli.load(PretrainConfig, args)
+    model, tokenizer, source = load(cfg, args.checkpoint)
     print(source)
     if args.checkpoint is not None and args.checkpoint.is_file() and model.config.text.vocab != tokenizer.vocab_size:
         print(f"warning: the model's vocabulary ({model.config.text.vocab}) differs from the stand-in tokenizer's "
@@ -68,5 +81,13 @@ def main(argv: list[str] | None = None) -> Path:
     return directory
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    from biomedclip.model import CheckpointError
+
+    return (CheckpointError,)
+
+
+JOB = cli.Job(__doc__, arguments, run, config_required=True, ray=False, user_errors=user_errors)
+
 if __name__ == "__main__":
-    main()
+    sys.exit(JOB.main())

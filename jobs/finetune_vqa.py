@@ -1,55 +1,52 @@
 """Fine-tune a VQA model on BiomedCLIP encoders with Ray Train and report overall/open/closed accuracy.
 
-    python jobs/finetune_vqa.py --checkpoint CKPT --dataset vqa-rad|slake|synthetic --data DIR \
-        [--config jobs/configs/finetune_vqa.yaml] [--set train.epochs=5 ...] [--lang en] [--output DIR]
+    python jobs/finetune_vqa.py --checkpoint demo_out/pretrain/final --dataset synthetic --data demo_out/pairs \\
+        --config jobs/configs/finetune_vqa_tiny.yaml --output demo_out/vqa
+    python jobs/finetune_vqa.py --checkpoint MODEL --dataset slake --data Slake1.0 --lang en --set train.epochs=5
 
-CKPT is a BiomedCLIP artifact directory (`save_artifact`, or an open_clip BiomedCLIP folder). `synthetic` takes the
-extraction job's Parquet output and first derives a VQA set from it (biomedclip.samples.vqa). Writes to --output:
-model/ (the VQA artifact for serving), metrics.json (per-epoch history + final accuracies of the saved model) and
-predictions.json (one row per test question).
+--checkpoint is a BiomedCLIP artifact directory (`save_artifact`, or an open_clip BiomedCLIP folder). `synthetic`
+takes the extraction job's Parquet output and first derives a VQA set from it (biomedclip.samples.vqa). Writes to
+--output: model/ (the VQA artifact for serving), metrics.json (per-epoch history + final accuracies of the saved
+model) and predictions.json (one row per test question).
 """
+
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import logging
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import ray
+from biomedclip import cli
 
-from biomedclip.config import load_config
-from biomedclip.vqa import AnswerVocab, load_vqa_dataset, load_vqa_predictor
-from biomedclip.vqa.evaluate import evaluate_predictor
-from biomedclip.samples.vqa import write_vqa_set
-from biomedclip.vqa.train import FinetuneConfig, finetune
+if TYPE_CHECKING:
+    from biomedclip.vqa.train import FinetuneConfig
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "finetune_vqa.yaml"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, help="BiomedCLIP artifact directory")
     parser.add_argument("--dataset", required=True, choices=("vqa-rad", "slake", "synthetic"))
     parser.add_argument("--data", required=True, type=Path, help="dataset folder (Parquet root for synthetic)")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    parser.add_argument("--lang", choices=("en", "zh", "all"), help="SLAKE question language (data.lang)")
-    parser.add_argument("--output", type=Path, default=Path("runs/finetune_vqa"))
-    args = parser.parse_args(argv)
+    parser.add_argument("--lang", choices=("en", "zh", "all"), help="SLAKE question language (config: data.lang)")
+    parser.add_argument("--output", type=Path, default=Path("runs/finetune_vqa"), help="folder for model and metrics")
+
+
+def run(args: argparse.Namespace) -> dict:
     # absolute: Ray Train workers run in their own working directory
-    for name in ("checkpoint", "data", "output"):
-        setattr(args, name, getattr(args, name).resolve())
-    return args
+    checkpoint = cli.existing(args.checkpoint, "--checkpoint").resolve()
+    data, output = cli.existing(args.data, "--data").resolve(), args.output.resolve()
+    # Libraries are imported here, not at the top: --help and usage errors answer at once.
+    from biomedclip.vqa import AnswerVocab, load_vqa_dataset, load_vqa_predictor
+    from biomedclip.vqa.evaluate import evaluate_predictor
+    from biomedclip.vqa.train import FinetuneConfig, finetune
 
-
-def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    overrides = args.set + ([f"data.lang={args.lang}"] if args.lang else [])
-    cfg = load_config(FinetuneConfig, args.config, overrides)
-    args.output.mkdir(parents=True, exist_ok=True)
-
-    dataset, data_dir = prepare_dataset(args, cfg)
+    cfg = cli.load(FinetuneConfig, args, [f"data.lang={args.lang}"] if args.lang else [])
+    output.mkdir(parents=True, exist_ok=True)
+    dataset, data_dir, cfg = prepare_dataset(args.dataset, data, output, cfg)
     splits = {split: load_vqa_dataset(dataset, data_dir, split, lang=cfg.data.lang,
                                       vqa_rad_format=cfg.data.vqa_rad_format) for split in ("train", "test")}
     train, test = splits["train"].records, splits["test"].records
@@ -57,44 +54,55 @@ def main(argv: list[str] | None = None) -> dict:
     unseen = sum(r.answer not in vocab for r in test)
     print(f"{dataset}: {len(train)} train / {len(test)} test questions, "
           f"{sum(len(s.problems) for s in splits.values())} skipped, {len(vocab)} answers, "
-          f"{unseen} test answers never seen in training (scored wrong)")
-
-    if cfg.train.num_workers > 0 and not ray.is_initialized():  # 0 workers: local mode, no cluster needed
-        ray.init()
-    result = finetune(args.checkpoint, train, test, vocab, cfg, output_dir=args.output)
-    for epoch in result.history:
-        print(f"epoch {epoch['epoch']}: train loss {epoch['train_loss']:.4f}, "
-              f"train acc {epoch['train_accuracy']:.3f}, test acc {_pct(epoch['test_accuracy'])} "
-              f"(open {_pct(epoch['test_open_accuracy'])}, closed {_pct(epoch['test_closed_accuracy'])})")
-
-    model_dir = result.artifact_dir
-    counts, predictions = evaluate_predictor(load_vqa_predictor(model_dir), test)
+          f"{unseen} test answers never seen in training (scored wrong)", flush=True)
+    if cfg.train.num_workers > 0:  # 0 workers: Ray Train's local mode, no cluster needed
+        cli.start_ray(args)
+    result = finetune(checkpoint, train, test, vocab, cfg, output_dir=output)
+    counts, predictions = evaluate_predictor(load_vqa_predictor(result.artifact_dir), test)
     metrics = {
-        "dataset": args.dataset, "data": str(args.data), "checkpoint": str(args.checkpoint), "model": str(model_dir),
+        "dataset": args.dataset, "data": str(data), "checkpoint": str(checkpoint), "model": str(result.artifact_dir),
         "train_questions": len(train), "test_questions": len(test), "answers": len(vocab),
         "test_unseen_answers": unseen, "skipped": [str(p) for s in splits.values() for p in s.problems],
         "history": result.history, "test": counts.to_metrics(),
     }
-    (args.output / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
-    (args.output / "predictions.json").write_text(json.dumps(predictions, indent=1, ensure_ascii=False))
-    final = metrics["test"]
-    print(f"saved model test accuracy {_pct(final['accuracy'])} (open {_pct(final['open_accuracy'])}, "
-          f"closed {_pct(final['closed_accuracy'])}) on {final['n']} questions -> {args.output / 'metrics.json'}")
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
+    (output / "predictions.json").write_text(json.dumps(predictions, indent=1, ensure_ascii=False))
+    print_summary(metrics, output)
     return metrics
 
 
-def prepare_dataset(args: argparse.Namespace, cfg: FinetuneConfig) -> tuple[str, Path]:
-    """(loader name, folder); `synthetic` first writes a VQA-RAD-style set derived from the Parquet corpus."""
-    if args.dataset != "synthetic":
-        return args.dataset, args.data
-    print(f"deriving a VQA set from {args.data}: {write_vqa_set(args.data, args.output / 'vqa_set')}")
-    cfg.data.vqa_rad_format = "splits"
-    return "vqa-rad", args.output / "vqa_set"
+def prepare_dataset(dataset: str, data: Path, output: Path, cfg: FinetuneConfig) -> tuple[str, Path, FinetuneConfig]:
+    """(loader name, folder, config); `synthetic` first writes a VQA-RAD-style set derived from the Parquet corpus."""
+    from biomedclip.samples.vqa import write_vqa_set
+
+    if dataset != "synthetic":
+        return dataset, data, cfg
+    print(f"deriving a VQA set from {data}: {write_vqa_set(data, output / 'vqa_set')}", flush=True)
+    return "vqa-rad", output / "vqa_set", dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
+                                                                                           vqa_rad_format="splits"))
+
+
+def print_summary(metrics: dict, output: Path) -> None:
+    rows = [(epoch["epoch"], f"{epoch['train_loss']:.4f}", _pct(epoch["train_accuracy"]),
+             _pct(epoch["test_accuracy"]), _pct(epoch["test_open_accuracy"]), _pct(epoch["test_closed_accuracy"]))
+            for epoch in metrics["history"]]
+    cli.print_table(rows, header=("epoch", "train loss", "train acc", "test acc", "open", "closed"))
+    final = metrics["test"]
+    print(f"saved model test accuracy {_pct(final['accuracy'])} (open {_pct(final['open_accuracy'])}, "
+          f"closed {_pct(final['closed_accuracy'])}) on {final['n']} questions -> {output / 'metrics.json'}")
 
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    from biomedclip.vqa.datasets import DatasetError
+
+    return (DatasetError,)
+
+
+JOB = cli.Job(__doc__, arguments, run, default_config=DEFAULT_CONFIG, user_errors=user_errors)
+
 if __name__ == "__main__":
-    main()
+    sys.exit(JOB.main())

@@ -1,49 +1,52 @@
 """Pretrain BiomedCLIP on Ray Train from the extraction job's Parquet shards.
 
-    python jobs/pretrain.py --config jobs/configs/tiny.yaml --set data.path=demo_out/corpus [--set key=value ...]
+    python jobs/pretrain.py --config jobs/configs/tiny.yaml --set data.path=demo_out/pairs
+    python jobs/pretrain.py --config jobs/configs/paper.yaml --set data.path=s3://bucket/pairs \\
+        --set run.storage_path=s3://bucket/runs --set run.num_workers=8
 
 Runs on a local Ray or joins a cluster (RAY_ADDRESS, or `ray job submit -- python jobs/pretrain.py ...`). Rerunning
 the same command with the same run.name and storage resumes from the last checkpoint.
 """
+
 from __future__ import annotations
 
 import argparse
 import math
 import sys
+from typing import TYPE_CHECKING
 
-from biomedclip.config import ConfigError, load_config
-from biomedclip.ray_runtime import connect_or_start
-from biomedclip.train.config import PretrainConfig
-from biomedclip.train.trainer import run_pretraining, workers_cpus
+from biomedclip import cli
 
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML config (model, data, train, run sections)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.epochs=2 (repeatable)")
-    parser.add_argument("--num-cpus", type=int, help="logical CPUs of a local Ray (default: enough for the workers "
-                                                         "plus one for data loading, at least the machine's cores)")
-    return parser.parse_args(argv)
+if TYPE_CHECKING:
+    from biomedclip.train.trainer import PretrainResult
 
 
-def main(argv: list[str] | None = None):
-    args = parse_args(argv)
-    try:
-        cfg = load_config(PretrainConfig, args.config, args.overrides)
-    except ConfigError as err:
-        sys.exit(f"config error: {err}")
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """Everything is in the config (model, data, train and run sections)."""
+
+
+def run(args: argparse.Namespace) -> PretrainResult:
+    # Libraries are imported here, not at the top: --help and usage errors answer at once.
+    from biomedclip.train.config import PretrainConfig
+    from biomedclip.train.trainer import run_pretraining, workers_cpus
+
+    cfg = cli.load(PretrainConfig, args)
     if not cfg.data.path:
-        sys.exit("config error: data.path: set it to the extraction output (a directory or s3://bucket/prefix)")
+        raise cli.UsageError("data.path: set it to the extraction output (a directory or s3://bucket/prefix)")
+    cli.existing(cfg.data.path, "data.path")
     needed = math.ceil(workers_cpus(cfg)) + 1  # the workers, and one CPU for Ray Data
-    connect_or_start(lambda machine_cpus: max(machine_cpus, needed), args.num_cpus)
+    cli.start_ray(args, lambda machine_cpus: max(machine_cpus, needed))
     outcome = run_pretraining(cfg, progress=lambda line: print(line, flush=True))
     metrics = outcome.result.metrics or {}
-    print("final metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
-    if outcome.result.checkpoint is not None:
-        print(f"last checkpoint: {outcome.result.checkpoint.path}")
+    rows = [(key, f"{value:.4g}") for key, value in metrics.items() if key.startswith("val/") or key == "train/loss"]
+    rows.append(("checkpoint", outcome.result.checkpoint.path if outcome.result.checkpoint else "none"))
+    if outcome.artifact_dir:
+        rows += [("model", outcome.artifact_dir), ("open_clip", outcome.open_clip_dir)]
+    cli.print_table(rows)
     return outcome
 
 
+JOB = cli.Job(__doc__, arguments, run, config_required=True)
+
 if __name__ == "__main__":
-    main()
+    sys.exit(JOB.main())

@@ -96,8 +96,8 @@ class LocalCluster:
         if resources:
             command.append(f"--resources={json.dumps(resources)}")
         with open(self.temp_dir / log_name, "a") as log:
-            node = subprocess.Popen(command, env=self.node_env(node_dir), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            node = subprocess.Popen(command, env=self.node_env(node_dir), cwd=REPO, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.nodes.append(node)
         self.node_dirs[node.pid] = node_dir
         return node

@@ -39,7 +39,8 @@ def realdata() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray runtime for the whole test session (4 logical CPUs on loopback, so 2-core CI can run 2 workers + data tasks)."""
+    """One local Ray runtime for the whole test session (4 logical CPUs on loopback, so 2-core CI can run 2 workers
+    + data tasks)."""
     import ray
 
     for attempt in range(3):  # a loaded machine can miss the node start-up deadline; a second start succeeds

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 from biomedclip.model import ModelConfig, TextConfig, VisionConfig
@@ -43,6 +44,7 @@ def load_job(name: str):
     path = Path(__file__).resolve().parent.parent / "jobs" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"{name}_job", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses defined in the job look their module up
     spec.loader.exec_module(module)
     return module
 

@@ -1,10 +1,12 @@
+import dataclasses
+import typing
+
 import pytest
 import yaml
 
-from tests.conftest import REPO
-
 from biomedclip.config import ConfigError, from_dict, load_config
 from biomedclip.model import ModelConfig
+from tests.conftest import REPO
 
 
 def test_yaml_and_dotted_overrides(tmp_path):
@@ -47,3 +49,30 @@ def test_accelerator_type_pins_gpu_workers_only():
     assert from_dict(RunSection, {"use_gpu": True, "accelerator_type": "A100"}).accelerator_type == "A100"
     with pytest.raises(ConfigError, match="run.accelerator_type: set run.use_gpu=true"):
         from_dict(RunSection, {"accelerator_type": "A100"})
+
+
+def _config_classes(cls: type, seen: set[type]) -> set[type]:
+    """`cls` and every dataclass nested in its fields."""
+    seen.add(cls)
+    for hint in typing.get_type_hints(cls).values():
+        for candidate in (hint, *typing.get_args(hint)):
+            if dataclasses.is_dataclass(candidate) and candidate not in seen:
+                _config_classes(candidate, seen)
+    return seen
+
+
+def test_job_configs_are_frozen_after_loading():
+    from biomedclip.data.extract import ExtractConfig
+    from biomedclip.evaluate import EvaluateConfig
+    from biomedclip.train.config import PretrainConfig
+    from biomedclip.tune.config import SweepConfig
+    from biomedclip.vqa.train import FinetuneConfig
+
+    classes = set()
+    for job_config in (ExtractConfig, EvaluateConfig, PretrainConfig, SweepConfig, FinetuneConfig):
+        _config_classes(job_config, classes)
+    mutable = sorted(c.__name__ for c in classes if not c.__dataclass_params__.frozen)
+    assert not mutable, f"config classes a job could edit after loading: {mutable}"
+    cfg = load_config(PretrainConfig, REPO / "jobs/configs/tiny.yaml")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.epochs = 3

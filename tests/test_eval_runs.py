@@ -2,6 +2,7 @@
 
 Oracle for every Ray run: the same tiny model run in this process, plus the brute-force / scikit-learn computations.
 """
+import dataclasses
 import hashlib
 import io
 import json
@@ -22,8 +23,8 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_
 from biomedclip.evaluate import EvaluateConfig, ZeroShotTask, load_task, run_linear_probe, run_retrieval, run_zeroshot
 from biomedclip.evaluate.datasets import DataConfig, folder_dataset
 from biomedclip.evaluate.embed import EmbedConfig, embed_pairs
-from biomedclip.evaluate.linear_probe import stratified_split, stratified_subset
-from biomedclip.evaluate.runs import task_data_format
+from biomedclip.evaluate.linear_probe import LinearProbeConfig, stratified_split, stratified_subset
+from biomedclip.evaluate.runs import RetrievalConfig, task_data_format
 from biomedclip.inference import Predictor
 from biomedclip.model import ModelConfig, TextConfig, VisionConfig, build_model, eval_transform
 from biomedclip.model.artifact import load_artifact, save_artifact
@@ -120,9 +121,7 @@ def test_ray_embedding_equals_the_model_in_process(ray_session, artifact, pairs_
 
 
 def test_retrieval_report_equals_brute_force(ray_session, artifact, pairs_root, tmp_path):
-    config = EvaluateConfig()
-    config.retrieval.chunk_size = 3
-    config.embed.batch_size = 5
+    config = EvaluateConfig(retrieval=RetrievalConfig(chunk_size=3), embed=EmbedConfig(batch_size=5))
     report = run_retrieval(artifact, pairs_root, config, output_dir=tmp_path)
     _, images, texts = direct_pair_features(artifact, pairs_root)
     image_ranks, text_ranks = brute_force_ranks(images, texts)
@@ -161,8 +160,7 @@ def test_zeroshot_on_lc25000_reports_bad_files_and_unknown_labels(ray_session, a
 
 
 def test_linear_probe_equals_sklearn_on_the_same_features(ray_session, artifact, realdata, tmp_path):
-    config = EvaluateConfig()
-    config.linear_probe.fractions = [0.34, 1.0]
+    config = EvaluateConfig(linear_probe=LinearProbeConfig(fractions=[0.34, 1.0]))
     report = run_linear_probe(artifact, realdata / LUNG, config=config, output_dir=tmp_path)
     dataset = folder_dataset(realdata / LUNG)
     features = direct_image_features(artifact, [dataset.load_image(i) for i in range(len(dataset.samples))])
@@ -179,7 +177,7 @@ def test_linear_probe_equals_sklearn_on_the_same_features(ray_session, artifact,
 
 def test_job_runs_the_demo_zeroshot_on_caption_keywords(ray_session, artifact, pairs_root, tmp_path, capsys):
     out = tmp_path / "out"
-    code = EVALUATE.main(["--checkpoint", str(artifact), "--task", "zeroshot", "--data", str(pairs_root / "test"),
+    code = EVALUATE.JOB.main(["--checkpoint", str(artifact), "--task", "zeroshot", "--data", str(pairs_root / "test"),
                           "--config", str(REPO / "jobs/configs/evaluate_demo.yaml"), "--output", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed
@@ -195,7 +193,7 @@ def test_job_runs_the_demo_zeroshot_on_caption_keywords(ray_session, artifact, p
 
 
 def test_job_refuses_a_bad_config_by_key(artifact, pairs_root, capsys):
-    code = EVALUATE.main(["--checkpoint", str(artifact), "--task", "retrieval", "--data", str(pairs_root),
+    code = EVALUATE.JOB.main(["--checkpoint", str(artifact), "--task", "retrieval", "--data", str(pairs_root),
                           "--set", "retrieval.chunk_size=0"])
     assert code == 2
     assert "retrieval" in capsys.readouterr().err
@@ -246,7 +244,7 @@ def test_job_zeroshot_on_an_open_clip_checkpoint_equals_open_clip(ray_session, o
                      "  templates: ['this is an image of {}', '{} presented in image']\n"
                      "  classes: {lung_n: normal lung tissue, lung_aca: lung adenocarcinomas}\n")
     out = tmp_path / "out"
-    code = EVALUATE.main(["--checkpoint", str(open_clip_dir), "--task", "zeroshot", "--data", str(labelled_csv),
+    code = EVALUATE.JOB.main(["--checkpoint", str(open_clip_dir), "--task", "zeroshot", "--data", str(labelled_csv),
                           "--set", "zeroshot.task=lung-binary", "--set", f"zeroshot.tasks_file={tasks}",
                           "--output", str(out)])
     printed = capsys.readouterr().out
@@ -280,7 +278,7 @@ def test_job_zeroshot_on_an_open_clip_checkpoint_equals_open_clip(ray_session, o
 def test_job_linear_probe_on_separate_test_data_equals_sklearn(ray_session, artifact, realdata, labelled_csv,
                                                                tmp_path, capsys):
     out = tmp_path / "out"
-    code = EVALUATE.main(["--checkpoint", str(artifact), "--task", "linear-probe", "--data", str(realdata / LUNG),
+    code = EVALUATE.JOB.main(["--checkpoint", str(artifact), "--task", "linear-probe", "--data", str(realdata / LUNG),
                           "--test-data", str(labelled_csv), "--output", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed
@@ -311,7 +309,7 @@ def test_an_explicit_data_format_wins_over_the_tasks(tmp_path):
     task = load_task("lc25000-lung")
     config = EvaluateConfig()
     assert task_data_format(task, tmp_path, config) == "folder"
-    config.data = DataConfig(format="csv")
+    config = dataclasses.replace(config, data=DataConfig(format="csv"))
     assert task_data_format(task, tmp_path, config) == "csv"
     (tmp_path / "labels.csv").write_text("path,label\n")
     free = ZeroShotTask(templates=["{}"], classes={"a": "x", "b": "y"})

@@ -66,7 +66,8 @@ def test_real_articles_give_one_pair_per_figure_with_an_image(ray_session, reald
     assert pads.dataset(str(tmp_path / "train"), format="parquet").schema == PAIR_SCHEMA
     scielo = [p for p in pairs if p["pmcid"].startswith("scielo")]
     assert [p["fig_id"] for p in scielo] == [f"fig{i}" for i in range(1, 8)]
-    assert scielo[0]["inline_refs"].split("\n")[0] == "Circular representations of both chromosomes are depicted in Figure 1."
+    assert scielo[0]["inline_refs"].split("\n")[0] == ("Circular representations of both chromosomes are depicted in "
+                                                       "Figure 1.")
     assert scielo[0]["license"] == "CC BY" and scielo[0]["doi"] == "10.1590/S0100-879X2004000400003"
     tiff = next(p for p in pairs if p["pmcid"] == "elife-00353")  # a TIFF named by an href without extension
     assert (tiff["orig_width"], tiff["orig_height"]) == (797, 914) and min(tiff["width"], tiff["height"]) == 512
@@ -109,7 +110,9 @@ def test_sample_corpus_dedup_split_and_ray_readable_shards(ray_session, tmp_path
     assert all(len(s) == 1 for s in splits_of.values())  # no article spans two splits
     for split in SPLITS:
         files = sorted((tmp_path / "out" / split).glob("part-*.parquet"))
-        assert files and all({r["split"] for r in pads.dataset(str(f)).to_table(columns=["split"]).to_pylist()} == {split} for f in files)
+        assert files
+        assert all(set(pads.dataset(str(f)).to_table(columns=["split"]).column("split").to_pylist()) == {split}
+                   for f in files)
     train = ray_session.data.read_parquet(str(tmp_path / "out" / "train"))
     assert train.count() == manifest["pairs_written"]["train"]
     assert train.schema().names == PAIR_SCHEMA.names
@@ -151,23 +154,29 @@ def link(name: str, target: str, kind: bytes) -> tarfile.TarInfo:
     return info
 
 
+EXTERNAL_ENTITY = '<!DOCTYPE article [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+ENTITY_EXPANSION = '<!DOCTYPE article [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]>'
+
+
 def bad_input_packages() -> dict[str, bytes]:
     good_figure = fig("F1", "f1")
     return {
         "PMC100.tar.gz": package("PMC100", {"a.nxml": jats(good_figure), "f1.jpg": image()}),
         "PMC101.tar.gz": package("PMC101", {"a.nxml": b"<article><body><p>unclosed</body></article>"}),
-        "PMC102.tar.gz": package("PMC102", {"a.nxml": jats(good_figure, '<!DOCTYPE article [<!ENTITY x SYSTEM "file:///etc/passwd">]>'), "f1.jpg": image()}),
-        "PMC103.tar.gz": package("PMC103", {"a.nxml": jats(good_figure, '<!DOCTYPE article [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]>'), "f1.jpg": image()}),
+        "PMC102.tar.gz": package("PMC102", {"a.nxml": jats(good_figure, EXTERNAL_ENTITY), "f1.jpg": image()}),
+        "PMC103.tar.gz": package("PMC103", {"a.nxml": jats(good_figure, ENTITY_EXPANSION), "f1.jpg": image()}),
         "PMC104.tar.gz": b"\x1f\x8b\x08\x00corrupt-gzip-stream" * 10,
         "PMC105.tar.gz": b"just text, not an archive\n",
         "PMC106.tar.gz": package("PMC106", {"a.nxml": jats(good_figure), "f1.jpg": image(colour=(250, 200, 0))}, [
             link("../../escape.jpg", "", tarfile.REGTYPE), link("/abs/evil.jpg", "", tarfile.REGTYPE),
-            link("PMC106/ln.jpg", "/etc/passwd", tarfile.SYMTYPE), link("PMC106/hard.jpg", "PMC106/a.nxml", tarfile.LNKTYPE)]),
+            link("PMC106/ln.jpg", "/etc/passwd", tarfile.SYMTYPE),
+            link("PMC106/hard.jpg", "PMC106/a.nxml", tarfile.LNKTYPE)]),
         "PMC107.tar.gz": package("PMC107", {"a.nxml": jats(fig("F1", "absent"))}),
         "PMC108.tar.gz": package("PMC108", {"a.nxml": jats(fig("F1", "f1")), "f1.jpg": b""}),
         "PMC109.tar.gz": package("PMC109", {"a.nxml": jats(fig("F1", "f1")), "f1.jpg": image(size=(600, 600))[:700]}),
         "PMC110.tar.gz": package("PMC110", {"a.nxml": jats(fig("F1", "f1")), "f1.jpg": b"Figure not available.\n"}),
-        "PMC111.tar.gz": package("PMC111", {"a.nxml": jats(fig("F1", "f1")), "f1.png": image("PNG", (12_000, 12_000), 0, "1")}),
+        "PMC111.tar.gz": package("PMC111", {"a.nxml": jats(fig("F1", "f1")),
+                                            "f1.png": image("PNG", (12_000, 12_000), 0, "1")}),
         "PMC112.tar.gz": package("PMC112", {"a.nxml": jats(fig("F1", "f1")), "f1.eps": b"%!PS-Adobe-3.0 EPSF-3.0\n"}),
         "PMC113.tar.gz": package("PMC113", {"a.nxml": jats(fig("F1", None) + fig("F2", "f2")), "f2.png": image("PNG")}),
         "PMC114.tar.gz": package("PMC114", {"a.nxml": jats("")}),
@@ -189,15 +198,16 @@ def test_every_bad_input_is_skipped_with_its_reason_and_nothing_escapes(ray_sess
     packages.mkdir()
     for name, data in bad_input_packages().items():
         (packages / name).write_bytes(data)
-    before = {p for p in tmp_path.rglob("*")}
+    before = set(tmp_path.rglob("*"))
     manifest = extract(str(packages), tmp_path / "out", articles_per_unit=4)
     assert manifest["skipped"] == EXPECTED_SKIPS
     assert manifest["articles_seen"] == 18
     assert sorted((p["pmcid"], p["fig_id"]) for p in read_pairs(tmp_path / "out")) == [
         ("PMC100", "F1"), ("PMC106", "F1"), ("PMC113", "F2")]
     reports = article_reports(tmp_path / "out")
-    assert reports["PMC102"]["skipped"] == {"forbidden_xml": 1} and reports["PMC104"]["skipped"] == {"corrupt_archive": 1}
-    created = {p for p in tmp_path.rglob("*")} - before
+    assert reports["PMC102"]["skipped"] == {"forbidden_xml": 1}
+    assert reports["PMC104"]["skipped"] == {"corrupt_archive": 1}
+    created = set(tmp_path.rglob("*")) - before
     assert all(p.is_relative_to(tmp_path / "out") for p in created)
     assert not (tmp_path.parent / "escape.jpg").exists() and not Path("/abs/evil.jpg").exists()
 

@@ -52,13 +52,14 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(ray_session, tmp
     write_sample_corpus(corpus, articles=50, layout="tar", seed=9)
     killed = tmp_path / "killed"
     kill_after_units([sys.executable, "jobs/extract.py", "--source", str(corpus), "--output", str(killed),
-                      "--num-cpus", "1", "--set", "articles_per_unit=2"], units=3)
+                      "--num-cpus", "1", "--set", "articles_per_unit=2", "--verbose"], units=3)
     markers = {p.name: p.stat().st_mtime_ns for p in (killed / "_state/staged").glob("*.json")}
     assert 3 <= len(markers) < 25 and not (killed / "manifest.json").exists()
 
     config = ExtractConfig(source=SourceConfig(uri=str(corpus)), output=str(killed), articles_per_unit=2)
     resumed = run_extraction(config)
-    uninterrupted = run_extraction(ExtractConfig(source=config.source, output=str(tmp_path / "clean"), articles_per_unit=2))
+    clean = ExtractConfig(source=config.source, output=str(tmp_path / "clean"), articles_per_unit=2)
+    uninterrupted = run_extraction(clean)
     assert published(killed) == published(tmp_path / "clean")
     assert resumed["pairs_written"] == uninterrupted["pairs_written"] and resumed["skipped"] == uninterrupted["skipped"]
     assert resumed["articles_seen"] == 50

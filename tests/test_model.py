@@ -91,3 +91,15 @@ def test_paper_model_parameter_counts_equal_open_clip(tmp_path):
     print("paper-model parameters (ours, open_clip):", counts)
     assert all(a == b for a, b in counts.values())
     assert 85e6 < counts["vision"][0] < 88e6 and 108e6 < counts["text"][0] < 111e6
+
+
+def test_loaded_model_is_deterministic_until_training_asks_for_patch_dropout(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    path = save_checkpoint(build_model(tiny_config(tokenizer, patch_dropout=0.5)), tmp_path / "m.safetensors")
+    model = load_model(path)
+    pixels = torch.randn(2, 3, 224, 224)
+    assert torch.equal(model.encode_image(pixels), model.encode_image(pixels))
+    model.visual.set_patch_dropout(0.25)  # a new rate on an eval-mode model stays off until .train()
+    assert torch.equal(model.encode_image(pixels), model.encode_image(pixels))
+    model.train()
+    assert not torch.allclose(model.encode_image(pixels), model.encode_image(pixels), atol=1e-3)

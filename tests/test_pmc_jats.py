@@ -32,7 +32,8 @@ REAL_ARTICLES = {
     "elife-32671-texture": ("manuscript.xml", 5, None, None, None),
     "elife00013": ("elife00013.xml", 23, None, "10.7554/eLife.00013", "CC BY"),
     "elife05502": ("elife05502.xml", 18, None, "10.7554/eLife.05502", "CC BY"),
-    "scielo-bjmbr-37-04-459": ("1414-431X-bjmbr-37-04-459-477.xml", 7, None, "10.1590/S0100-879X2004000400003", "CC BY"),
+    "scielo-bjmbr-37-04-459": ("1414-431X-bjmbr-37-04-459-477.xml", 7, None, "10.1590/S0100-879X2004000400003",
+                               "CC BY"),
 }
 
 
@@ -54,7 +55,8 @@ def test_real_article_identifiers_licence_and_figure_count(realdata, folder):
 
 
 def test_floats_group_and_fig_group_members_are_figures(realdata):
-    assert [f.fig_id for f in _parse(realdata, "PMC2599765").figures] == ["f1-ehp-116-1694", "f2-ehp-116-1694", "f3-ehp-116-1694"]
+    ehp_ids = [f.fig_id for f in _parse(realdata, "PMC2599765").figures]
+    assert ehp_ids == ["f1-ehp-116-1694", "f2-ehp-116-1694", "f3-ehp-116-1694"]
     ids = [f.fig_id for f in _parse(realdata, "elife00013").figures]
     assert ids[:3] == ["fig1", "fig1s1", "fig2"] and "fig4s3" in ids
 
@@ -97,11 +99,14 @@ JATS = """<article xmlns:xlink="http://www.w3.org/1999/xlink"><front><article-me
 <p>As in Fig. 2 of earlier work, the panels differ. See <xref ref-type="fig" rid="g1">Figure 1</xref> and
 <xref ref-type="fig" rid="f3 f4">Figures 3-4</xref> (e.g. J. Smith). A second sentence!</p>
 <fig-group id="g1"><caption><p>Group caption</p></caption>
- <fig id="f1"><label>1a</label><caption><p>First panel caption</p></caption><graphic xlink:href="a"/><graphic xlink:href="b"/></fig>
- <fig id="f1"><caption><p>Repeated id</p></caption><alternatives><graphic xlink:href="c.tif"/><graphic xlink:href="c.jpg"/></alternatives></fig>
+ <fig id="f1"><label>1a</label><caption><p>First panel caption</p></caption>
+  <graphic xlink:href="a"/><graphic xlink:href="b"/></fig>
+ <fig id="f1"><caption><p>Repeated id</p></caption>
+  <alternatives><graphic xlink:href="c.tif"/><graphic xlink:href="c.jpg"/></alternatives></fig>
 </fig-group>
 <fig><caption><p>No id and no graphic</p></caption></fig>
-<fig id="f3"><caption><title>T</title><p>Has <italic>italic</italic> and x<sup>2</sup></p></caption><graphic xlink:href="d"/></fig>
+<fig id="f3"><caption><title>T</title><p>Has <italic>italic</italic> and x<sup>2</sup></p></caption>
+ <graphic xlink:href="d"/></fig>
 </body></article>"""
 
 
@@ -145,7 +150,8 @@ def test_hostile_xml_is_refused_with_its_reason(case):
 
 
 def test_external_dtd_is_named_but_never_loaded_and_undeclared_prefixes_parse():
-    doc = b'<!DOCTYPE article SYSTEM "http://127.0.0.1:9/never.dtd"><article><p>&nbsp;ok</p><graphic xlink:href="z"/></article>'
+    doc = (b'<!DOCTYPE article SYSTEM "http://127.0.0.1:9/never.dtd">'
+           b'<article><p>&nbsp;ok</p><graphic xlink:href="z"/></article>')
     root = parse_xml(doc)
     assert root.find("p").text == "ok" and root.find("graphic").get("href") == "z"
 

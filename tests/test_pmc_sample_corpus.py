@@ -86,5 +86,6 @@ def test_corpus_mixes_kinds_formats_and_reuses_some_figures(tmp_path):
     assert {t["kind"] for t in truth} == set(RENDERERS)
     suffixes = {p.suffix for p in tmp_path.rglob("*") if p.is_file()}
     assert {".jpg", ".png", ".gif", ".tif", ".nxml"} <= suffixes
-    images = [hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.rglob("*.*") if p.suffix in (".jpg", ".png", ".gif", ".tif")]
+    images = [hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.rglob("*.*")
+              if p.suffix in (".jpg", ".png", ".gif", ".tif")]
     assert len(images) > len(set(images))  # exact duplicates exist for the dedup to find

@@ -56,7 +56,8 @@ def test_filters():
     (["https://creativecommons.org/licenses/by-nc-nd/3.0/igo/"], "CC BY-NC-ND"),
     (["http://creativecommons.org/publicdomain/zero/1.0/"], "CC0"),
     (["http://creativecommons.org/publicdomain/mark/1.0/"], "PDM"),
-    ([None, "open-access", "This is an open access article under the Creative Commons Attribution-NonCommercial License"], "CC BY-NC"),
+    ([None, "open-access",
+      "This is an open access article under the Creative Commons Attribution-NonCommercial License"], "CC BY-NC"),
     (["(c) The Author(s) 2009"], None),
 ])
 def test_licence_codes(texts, code):

@@ -107,9 +107,9 @@ def service(ray_session, tmp_path_factory):
     vqa_dir = make_vqa_artifact(root / "vqa")
     (root / "api_key").write_text(API_KEY + "\n")
     os.environ[KEY_FILE_ENV] = str(root / "api_key")  # the builder passes the file's path on to the ingress
-    small = dict(batching=BatchingConfig(max_batch_size=8, batch_wait_timeout_s=0.1), limits=LIMITS,
-                 auth=AuthConfig(key_env="SERVE_TEST_API_KEY_UNSET", key_file_env=KEY_FILE_ENV),
-                 ingress=ReplicaConfig(num_cpus=0.1), vqa=ReplicaConfig(num_cpus=0.2))
+    small = {"batching": BatchingConfig(max_batch_size=8, batch_wait_timeout_s=0.1), "limits": LIMITS,
+             "auth": AuthConfig(key_env="SERVE_TEST_API_KEY_UNSET", key_file_env=KEY_FILE_ENV),
+             "ingress": ReplicaConfig(num_cpus=0.1), "vqa": ReplicaConfig(num_cpus=0.2)}
     config = ServingConfig(models={name: str(path) for name, path in models.items()}, default_model="alpha",
                            vqa_artifact=vqa_dir and str(vqa_dir), clip=ReplicaConfig(num_cpus=0.25), **small)
     no_vqa = ServingConfig(models={"alpha": str(models["alpha"])}, clip=ReplicaConfig(num_cpus=0.1), **small)

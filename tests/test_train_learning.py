@@ -1,5 +1,6 @@
 """On the sample corpus (synthetic PMC articles whose figure captions say what is visible), extracted into Parquet
-like any PMC source, a short CPU pretraining run with the demo's tiny recipe lifts val Recall@1 to at least 5x chance."""
+like any PMC source, a short CPU pretraining run with the demo's tiny recipe lifts val Recall@1 to at least 5x
+chance."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,6 +35,7 @@ def test_short_cpu_run_on_the_sample_corpus_learns_retrieval(ray_session, tmp_pa
     result = run_pretraining(cfg).result
     chance = 1 / val_pairs
     recall = (result.metrics["val/i2t_R@1"] + result.metrics["val/t2i_R@1"]) / 2
-    print(f"\n{manifest['pairs_written']} pairs; val Recall@1 {recall:.3f} = {recall / chance:.1f}x chance ({chance:.3f})")
+    print(f"\n{manifest['pairs_written']} pairs; val Recall@1 {recall:.3f} = {recall / chance:.1f}x chance "
+          f"({chance:.3f})")
     assert result.metrics["epoch"] == cfg.train.epochs - 1
     assert recall >= 5 * chance

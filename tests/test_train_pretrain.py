@@ -12,12 +12,12 @@ import torch
 from biomedclip.config import ConfigError, from_dict, load_config
 from biomedclip.model.artifact import load_artifact
 from biomedclip.model.checkpoint import read_state_dict
+from biomedclip.samples.shapes import write_shapes_corpus
 from biomedclip.text import Tokenizer
 from biomedclip.train.checkpointing import TRAIN_STATE
 from biomedclip.train.config import PretrainConfig
 from biomedclip.train.curriculum import CurriculumError, Stage, plan
 from biomedclip.train.optim import cosine_with_warmup
-from biomedclip.samples.shapes import write_shapes_corpus
 from biomedclip.train.trainer import run_pretraining
 from tests.helpers import load_job
 
@@ -31,8 +31,9 @@ def corpus(tmp_path_factory) -> tuple[Path, Path]:
     """32 train / 16 val pairs and one tokenizer shared by every run (WordPiece training is not reproducible)."""
     root = tmp_path_factory.mktemp("pretrain")
     data = write_shapes_corpus(root / "data", train=32, val=16, rows_per_file=8)
-    tokenizer = Tokenizer.train([f"A {s} {c} {sh} in the {p} corner." for s in ("small", "large")
-                                 for c in ("red", "blue") for sh in ("circle", "square") for p in ("upper left",)], 256, 77)
+    captions = [f"A {s} {c} {sh} in the {p} corner." for s in ("small", "large") for c in ("red", "blue")
+                for sh in ("circle", "square") for p in ("upper left",)]
+    tokenizer = Tokenizer.train(captions, 256, 77)
     tokenizer.save(root / "tokenizer")
     return data, root / "tokenizer"
 
@@ -50,7 +51,7 @@ def overrides(data: Path, tokenizer: Path, output: Path, *extra: str) -> list[st
 def uninterrupted(ray_session, corpus, tmp_path_factory):
     data, tokenizer = corpus
     output = tmp_path_factory.mktemp("run_a")
-    outcome = PRETRAIN.main(["--config", str(REPO / "jobs/configs/tiny.yaml"), *overrides(data, tokenizer, output)])
+    outcome = PRETRAIN.JOB(["--config", str(REPO / "jobs/configs/tiny.yaml"), *overrides(data, tokenizer, output)])
     return outcome, output
 
 
@@ -87,12 +88,12 @@ def test_stop_and_resume_from_s3_equals_uninterrupted(uninterrupted, corpus, tmp
     args = overrides(data, tokenizer, tmp_path, "run.name=resumed", "run.storage_path=s3://ckpt/runs",
                      f"run.s3_endpoint={s3_server}")
     job = PRETRAIN
-    stopped = job.main(["--config", str(REPO / "jobs/configs/tiny.yaml"), *args, "--set", "run.stop_at_step=5"])
+    stopped = job.JOB(["--config", str(REPO / "jobs/configs/tiny.yaml"), *args, "--set", "run.stop_at_step=5"])
     assert stopped.result.metrics["global_step"] == 5  # mid-epoch 1: one of its two k=2 steps done
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_server).list_objects_v2(Bucket="ckpt")["Contents"]]
     assert any(k.startswith("runs/resumed/checkpoint_step00000005/") and k.endswith(TRAIN_STATE) for k in keys)
 
-    resumed = job.main(["--config", str(REPO / "jobs/configs/tiny.yaml"), *args])
+    resumed = job.JOB(["--config", str(REPO / "jobs/configs/tiny.yaml"), *args])
     assert resumed.result.metrics["global_step"] == 6
     with resumed.result.checkpoint.as_directory() as directory:
         after_resume = read_state_dict(Path(directory) / "model.safetensors")
@@ -105,7 +106,8 @@ def test_stop_and_resume_from_s3_equals_uninterrupted(uninterrupted, corpus, tmp
 
 def test_impossible_curriculum_is_refused_before_training(ray_session, corpus, tmp_path):
     data, tokenizer = corpus
-    cfg_args = overrides(data, tokenizer, tmp_path, "train.curriculum=[{until_epoch: 1, global_batch: 8}, {global_batch: 12}]")
+    cfg_args = overrides(data, tokenizer, tmp_path,
+                         "train.curriculum=[{until_epoch: 1, global_batch: 8}, {global_batch: 12}]")
     cfg = load_config(PretrainConfig, REPO / "jobs/configs/tiny.yaml", cfg_args[1::2])
     with pytest.raises(CurriculumError, match=r"train\.curriculum\[1\]: global_batch 12 is not a positive multiple"):
         run_pretraining(cfg)

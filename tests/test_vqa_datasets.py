@@ -20,7 +20,8 @@ def test_vqa_rad_public_split_by_phrase_type(realdata):
     for split, phrases in (("train", TRAIN_PHRASES), ("test", TEST_PHRASES)):
         result = load_vqa_rad(vqa_rad_dir(realdata), split, "public")
         assert result.problems == []
-        assert sorted(r.qid for r in result.records) == sorted(str(r["qid"]) for r in raw if r["phrase_type"] in phrases)
+        expected = sorted(str(r["qid"]) for r in raw if r["phrase_type"] in phrases)
+        assert sorted(r.qid for r in result.records) == expected
     assert len(load_vqa_rad(vqa_rad_dir(realdata), "train").records) == 109  # auto picks the public file
     assert len(load_vqa_rad(vqa_rad_dir(realdata), "test").records) == 24
 

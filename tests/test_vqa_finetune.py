@@ -6,12 +6,20 @@ import pytest
 import torch
 from PIL import Image
 
+from biomedclip.config import load_config
 from biomedclip.model.artifact import save_artifact
-from biomedclip.vqa import load_vqa_predictor, load_vqa_rad, save_vqa_artifact
 from biomedclip.samples.vqa import derive_questions
+from biomedclip.vqa import load_vqa_predictor, load_vqa_rad, save_vqa_artifact
+from biomedclip.vqa.train import FinetuneConfig
 from tests.helpers import load_job
-from tests.vqa_helpers import (linked_dataset, synthetic_rows, tiny_encoder, vqa_rad_dir, vqa_rad_public,
-                               write_corpus_parquet)
+from tests.vqa_helpers import (
+    linked_dataset,
+    synthetic_rows,
+    tiny_encoder,
+    vqa_rad_dir,
+    vqa_rad_public,
+    write_corpus_parquet,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 FINETUNE_VQA = load_job("finetune_vqa")
@@ -32,7 +40,7 @@ def finetuned(ray_session, realdata, checkpoint, tmp_path_factory):
     """The job run once, on 2 workers, on the real sample with one image left out of the dataset folder."""
     root = tmp_path_factory.mktemp("vqa_rad")
     data = linked_dataset(vqa_rad_dir(realdata), root / "data", "images", leave_out=(MISSING_IMAGE,))
-    metrics = FINETUNE_VQA.main(["--checkpoint", str(checkpoint), "--dataset", "vqa-rad", "--data", str(data),
+    metrics = FINETUNE_VQA.JOB(["--checkpoint", str(checkpoint), "--dataset", "vqa-rad", "--data", str(data),
                                  "--config", str(TINY_CONFIG), "--set", f"train.epochs={EPOCHS}",
                                  "--set", f"train.num_workers={WORKERS}", "--set", "train.batch_size=8",
                                  "--output", str(root / "out")])
@@ -99,11 +107,12 @@ def test_job_derives_the_synthetic_set_and_reads_it_as_vqa_rad(tmp_path):
     write_corpus_parquet(tmp_path / "corpus", "train", rows[:4])
     write_corpus_parquet(tmp_path / "corpus", "test", rows[4:])
     job = FINETUNE_VQA
-    args = job.parse_args(["--checkpoint", "unused", "--dataset", "synthetic", "--data", str(tmp_path / "corpus"),
-                           "--output", str(tmp_path / "out")])
-    cfg = job.load_config(job.FinetuneConfig, args.config)
-    assert job.prepare_dataset(args, cfg) == ("vqa-rad", tmp_path / "out" / "vqa_set")
-    assert cfg.data.vqa_rad_format == "splits"
+    args = job.JOB.parse(["--checkpoint", "unused", "--dataset", "synthetic", "--data", str(tmp_path / "corpus"),
+                          "--output", str(tmp_path / "out")])
+    loaded = load_config(FinetuneConfig, args.config)
+    name, folder, cfg = job.prepare_dataset(args.dataset, args.data, args.output, loaded)
+    assert (name, folder) == ("vqa-rad", tmp_path / "out" / "vqa_set")
+    assert cfg.data.vqa_rad_format == "splits" and loaded.data.vqa_rad_format == "auto"  # a new config, not edited
     held_out = load_vqa_rad(tmp_path / "out" / "vqa_set", "test", cfg.data.vqa_rad_format).records
     assert len(held_out) == sum(len(derive_questions(caption)) for caption, _ in rows[4:])
 
@@ -113,7 +122,7 @@ def test_job_on_the_synthetic_corpus_in_local_mode(checkpoint, tmp_path):
     rows = synthetic_rows(12)
     write_corpus_parquet(tmp_path / "corpus", "train", rows[:8])
     write_corpus_parquet(tmp_path / "corpus", "test", rows[8:])
-    metrics = FINETUNE_VQA.main(["--checkpoint", str(checkpoint), "--dataset", "synthetic", "--data",
+    metrics = FINETUNE_VQA.JOB(["--checkpoint", str(checkpoint), "--dataset", "synthetic", "--data",
                                  str(tmp_path / "corpus"), "--config", str(TINY_CONFIG), "--set", "train.epochs=2",
                                  "--set", "train.num_workers=0", "--output", str(tmp_path / "out")])
     held_out = json.loads((tmp_path / "out" / "vqa_set" / "testset.json").read_text())

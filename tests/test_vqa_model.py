@@ -22,7 +22,7 @@ def encoder(realdata):
 
 @pytest.fixture(scope="module")
 def samples(realdata):
-    records = [r for r in vqa_rad_public(realdata)][:6]
+    records = list(vqa_rad_public(realdata))[:6]
     images = [Image.open(vqa_rad_dir(realdata) / "images" / r["image_name"]).convert("RGB") for r in records]
     return images, [r["question"] for r in records]
 

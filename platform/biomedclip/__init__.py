@@ -1,1 +1,2 @@
-"""BiomedCLIP: a CLIP model for biomedical figures and captions, and the pieces to build, train, evaluate and serve it."""
+"""BiomedCLIP: a CLIP model for biomedical figures and captions, and the pieces to build, train, evaluate and
+serve it."""

@@ -35,9 +35,18 @@ from biomedclip.pmc.split import SPLITS, SplitConfig
 from biomedclip.pmc.stats import plot_histograms
 from biomedclip.io import OutputStore
 from biomedclip.pmc.units import (
-    FINAL_DIR, STAGED_DIR, Unit, batched, final_marker, finalize_unit, plan_units, prefetched, stage_unit,
+    FINAL_DIR,
+    STAGED_DIR,
+    Unit,
+    batched,
+    final_marker,
+    finalize_unit,
+    plan_units,
+    prefetched,
+    stage_unit,
     staged_marker,
 )
+from biomedclip.progress import bar
 
 log = logging.getLogger("biomedclip.data.extract")
 CONFIG_RECORD = "_state/config.json"
@@ -151,18 +160,27 @@ def _stage(source: Source, out: OutputStore, config: ExtractConfig) -> list[str]
     """Stages every unit not staged before; returns the names of all units of this listing, in order."""
     done = {name.removesuffix(".json") for name in out.list_names(STAGED_DIR) if name.endswith(".json")}
     names: list[str] = []
-    for wave in batched(plan_units(source.list_refs(config.limit), config.articles_per_unit), config.units_per_wave):
-        names.extend(unit.name for unit in wave)
-        pending = [unit for unit in wave if unit.name not in done]
-        log.info("units %d-%d: %d staged before, %d to stage", wave[0].index, wave[-1].index,
-                 len(wave) - len(pending), len(pending))
-        if pending:
-            items = [{"index": unit.index, "refs": list(unit.refs)} for unit in pending]
-            stage = partial(_stage_row, source=source, config=config.pairs, out=out, io_threads=config.io_threads)
-            ds = ray.data.from_items(items, override_num_blocks=len(items)).map(stage, num_cpus=config.cpus_per_task)
-            for n, row in enumerate(_unreserved(ds).iter_rows(), 1):
-                log.info("staged %s: %d articles, %d pairs (%d/%d)", row["unit"], row["articles"], row["pairs"], n,
-                         len(pending))
+    pairs = 0
+    with bar(desc="extraction", unit="unit") as shown:  # the total grows as the listing is read, wave by wave
+        for wave in batched(plan_units(source.list_refs(config.limit), config.articles_per_unit),
+                            config.units_per_wave):
+            names.extend(unit.name for unit in wave)
+            pending = [unit for unit in wave if unit.name not in done]
+            log.info("units %d-%d: %d staged before, %d to stage", wave[0].index, wave[-1].index,
+                     len(wave) - len(pending), len(pending))
+            shown.total = len(names)
+            shown.update(len(wave) - len(pending))
+            if pending:
+                items = [{"index": unit.index, "refs": list(unit.refs)} for unit in pending]
+                stage = partial(_stage_row, source=source, config=config.pairs, out=out, io_threads=config.io_threads)
+                ds = ray.data.from_items(items, override_num_blocks=len(items)).map(stage,
+                                                                                    num_cpus=config.cpus_per_task)
+                for n, row in enumerate(_unreserved(ds).iter_rows(), 1):
+                    log.info("staged %s: %d articles, %d pairs (%d/%d)", row["unit"], row["articles"], row["pairs"],
+                             n, len(pending))
+                    pairs += row["pairs"]
+                    shown.set_postfix_str(f"{pairs} pairs", refresh=False)
+                    shown.update()
     return names
 
 
@@ -195,7 +213,8 @@ def _find_duplicates(units: list[str], out: OutputStore, config: ExtractConfig) 
     out.delete_dir(directory)  # recomputed from the staged shards on every run
     write = partial(_group_row, buckets=buckets, directory=directory, out=out)
     items = [{"group": g, "units": names} for g, names in enumerate(groups)]
-    _unreserved(ray.data.from_items(items, override_num_blocks=len(items)).map(write, num_cpus=config.cpus_per_task)).materialize()
+    groups_ds = ray.data.from_items(items, override_num_blocks=len(items))
+    _unreserved(groups_ds.map(write, num_cpus=config.cpus_per_task)).materialize()
     find = partial(_bucket_rows, groups=len(groups), directory=directory, out=out)
     losers: dict[str, list[str]] = defaultdict(list)
     rows = ray.data.range(buckets, override_num_blocks=buckets).flat_map(find, num_cpus=config.cpus_per_task)

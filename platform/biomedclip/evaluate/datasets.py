@@ -52,7 +52,7 @@ class Problem:
         return f"{self.name}: {self.reason}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     format: Literal["auto", "folder", "pcam", "rsna", "csv", "parquet"] = "auto"
     split: str = "test"  # PCam split when --data is a folder; Parquet split folder

@@ -22,7 +22,7 @@ from biomedclip.model.transforms import decode_image
 from biomedclip.pmc.schema import MODEL_INPUT_COLUMNS
 
 
-@dataclass
+@dataclass(frozen=True)
 class EmbedConfig:
     batch_size: int = 64
     num_actors: int = 0  # 0: one per GPU when the cluster has GPUs, else 1
@@ -145,8 +145,6 @@ def embed_dataset(artifact_dir: str | Path, dataset, config: EmbedConfig | None 
 
 def _map(dataset: ray.data.Dataset, embedder: type, kwargs: dict, config: EmbedConfig | None) -> ray.data.Dataset:
     config = config or EmbedConfig()
-    if not ray.is_initialized():
-        ray.init()
     gpus = int(ray.cluster_resources().get("GPU", 0))
     return dataset.map_batches(
         embedder,

@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from biomedclip.evaluate.metrics import classification_metrics
 
 
-@dataclass
+@dataclass(frozen=True)
 class LinearProbeConfig:
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     seed: int = 0

@@ -25,7 +25,7 @@ from biomedclip.inference import Predictor
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RetrievalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     chunk_size: int = 4096  # extra memory ~ 9 * chunk_size^2 bytes (150 MB at 4096), whatever N is
@@ -36,13 +36,13 @@ class RetrievalConfig:
             raise ValueError("chunk_size and every k must be positive")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ZeroShotConfig:
     task: str = "pmc-modality"  # a built-in task (tasks.yaml) or one of tasks_file
     tasks_file: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvaluateConfig:
     data: DataConfig = field(default_factory=DataConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)

@@ -62,7 +62,8 @@ def model_config_from_open_clip(model_cfg: dict, directory: Path) -> ModelConfig
         raise CheckpointError(f"{directory}/config.json: no text preset has (width, layers) = {shape}")
     return from_dict(ModelConfig, {
         "embed_dim": model_cfg["embed_dim"],
-        "vision": {"preset": preset_for_timm_name(vision["timm_model_name"]), "image_size": vision.get("image_size", 224)},
+        "vision": {"preset": preset_for_timm_name(vision["timm_model_name"]),
+                   "image_size": vision.get("image_size", 224)},
         "text": {"preset": preset, "context_length": text.get("context_length", 256),
                  "vocab_size": bert.get("vocab_size"), "pad_token_id": bert.get("pad_token_id", 0)},
     })

@@ -73,13 +73,15 @@ def load_weights(model: BiomedCLIP, state: dict[str, torch.Tensor]) -> BiomedCLI
             state[POS_EMBED_KEY], new_size=(grid, grid), num_prefix_tokens=model.visual.trunk.num_prefix_tokens)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointError(f"checkpoint does not match the model: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
     return model
 
 
 def load_model(path: str | Path, config: ModelConfig | None = None) -> BiomedCLIP:
-    """Builds the model from `config` (or the config stored in the checkpoint) and loads the weights."""
+    """Builds the model from `config` (or the config stored in the checkpoint) and loads the weights. The model
+    comes in eval mode (patch dropout off): training calls `.train()` itself."""
     config = config or read_config(path)
     if config is None:
         raise CheckpointError(f"{path}: the checkpoint carries no model config; pass one")
-    return load_weights(BiomedCLIP(config), read_state_dict(path))
+    return load_weights(BiomedCLIP(config), read_state_dict(path)).eval()

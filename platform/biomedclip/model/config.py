@@ -25,7 +25,7 @@ CONTEXT_LENGTHS = (77, 256)
 PATCH_SIZE = 16
 
 
-@dataclass
+@dataclass(frozen=True)
 class VisionConfig:
     preset: str = "vit-base"
     image_size: int = 224
@@ -42,7 +42,7 @@ class VisionConfig:
         return VISION_PRESETS[self.preset][0]
 
 
-@dataclass
+@dataclass(frozen=True)
 class TextConfig:
     preset: str = "pubmedbert-base"
     context_length: int = 256
@@ -62,7 +62,7 @@ class TextConfig:
         return self.vocab_size or TEXT_PRESETS[self.preset][4]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     embed_dim: int = 512
     vision: VisionConfig = field(default_factory=VisionConfig)

@@ -23,7 +23,7 @@ def timm_model_name(preset: str, image_size: int) -> str:
 
 def preset_for_timm_name(name: str) -> str:
     """Our vision preset for a timm trunk name written by `timm_model_name`."""
-    for (preset, size), standard in STANDARD_NAMES.items():
+    for (preset, _size), standard in STANDARD_NAMES.items():
         if name == standard:
             return preset
     for preset in VISION_PRESETS:

@@ -31,8 +31,10 @@ class VisionTower(nn.Module):
         self.set_patch_dropout(cfg.patch_dropout)
 
     def set_patch_dropout(self, rate: float) -> None:
-        """Drops this fraction of patch tokens (class token kept) in training mode; 0 turns it off."""
-        self.trunk.patch_drop = PatchDropout(rate, num_prefix_tokens=self.trunk.num_prefix_tokens) if rate else nn.Identity()
+        """Drops this fraction of patch tokens (class token kept) in training mode; 0 turns it off. The new module
+        follows the tower's mode, so an eval-mode model stays deterministic."""
+        drop = PatchDropout(rate, num_prefix_tokens=self.trunk.num_prefix_tokens) if rate else nn.Identity()
+        self.trunk.patch_drop = drop.train(self.training)
 
     @property
     def patch_dropout(self) -> float:

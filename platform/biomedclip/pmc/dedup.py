@@ -34,7 +34,8 @@ def write_group_buckets(group: int, unit_names: list[str], buckets: int, directo
     for name in unit_names:
         keys = out.read_table(staged_path(name), columns=KEY_COLUMNS)
         tables.append(keys.append_column("unit", pa.array([name] * keys.num_rows, pa.string())))
-    keys = pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.string()) for c in [*KEY_COLUMNS, "unit"]})
+    empty = pa.table({c: pa.array([], pa.string()) for c in [*KEY_COLUMNS, "unit"]})
+    keys = pa.concat_tables(tables) if tables else empty
     bucket = bucket_of(keys.column("sha256"), buckets)
     for b in range(buckets):
         out.write_table(bucket_file(directory, group, b), keys.filter(pc.equal(bucket, b)))

@@ -71,7 +71,7 @@ def load_article(source: Source, ref: str) -> LoadedArticle:
         loaded.report.skip(problem, "article")
     except Exception as err:  # noqa: BLE001 - a bug must not stop the other articles; it is logged and counted
         loaded.article = None
-        loaded.report.skip(Skipped("internal_error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"), "article")
+        loaded.report.skip(_internal_error(err), "article")
     return loaded
 
 
@@ -122,7 +122,7 @@ def _figure_rows(loaded: LoadedArticle, figure: Figure, config: PairConfig) -> l
         except Skipped as problem:
             report.skip(problem, f"figure {fig_id} ({href})")
         except Exception as err:  # noqa: BLE001
-            report.skip(Skipped("internal_error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"), f"figure {fig_id}")
+            report.skip(_internal_error(err), f"figure {fig_id}")
     return rows
 
 
@@ -157,3 +157,8 @@ def _pair_row(loaded: LoadedArticle, figure: Figure, fig_id: str, href: str, con
         "pair_key": pair_key(report.pmcid, fig_id, report.ref),
         "caption_words": caption_word_count(figure.caption),
     }
+
+
+def _internal_error(err: Exception) -> Skipped:
+    """A bug met on one article or figure, with its traceback for the skip report."""
+    return Skipped("internal_error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}")

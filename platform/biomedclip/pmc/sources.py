@@ -229,7 +229,8 @@ def _cloud_metadata(data: bytes, ref: str) -> dict:
         if value is None and not required:
             return None
         if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
-            raise Skipped("metadata_invalid", f"{ref}: field {name!r} is {value!r}, expected {'/'.join(t.__name__ for t in types)}")
+            expected = "/".join(t.__name__ for t in types)
+            raise Skipped("metadata_invalid", f"{ref}: field {name!r} is {value!r}, expected {expected}")
         return value
 
     media = field_of("media_urls", (list,)) or []

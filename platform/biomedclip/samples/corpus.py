@@ -27,7 +27,8 @@ from biomedclip.samples.figures import SampleFigure, render_figure
 
 FIRST_PMCID = 9_100_000
 REUSE_POOL = 64  # recent figures an article may reuse (bounded, so big corpora stay in constant memory)
-LICENSES = (("CC BY", "http://creativecommons.org/licenses/by/4.0/", 0.7), ("CC0", "http://creativecommons.org/publicdomain/zero/1.0/", 0.1),
+LICENSES = (("CC BY", "http://creativecommons.org/licenses/by/4.0/", 0.7),
+            ("CC0", "http://creativecommons.org/publicdomain/zero/1.0/", 0.1),
             ("CC BY-NC", "http://creativecommons.org/licenses/by-nc/4.0/", 0.15), (None, None, 0.05))
 FORMATS = {"radiograph": ("jpg", "tif"), "ct": ("jpg", "png"), "histology": ("jpg", "tif"),
            "fluorescence": ("jpg", "png"), "bar_chart": ("png", "gif"), "line_graph": ("png", "gif")}
@@ -76,7 +77,7 @@ def make_article(index: int, seed: int, image_size: tuple[int, int], earlier: de
         if earlier and rng.random() < 0.03:
             figure, data, ext = earlier[int(rng.integers(len(earlier)))]  # a figure reused from an earlier article
         else:
-            size = (int(rng.integers(image_size[0], image_size[1] + 1)), int(rng.integers(image_size[0], image_size[1] + 1)))
+            size = tuple(int(rng.integers(image_size[0], image_size[1] + 1)) for _ in range(2))
             figure = render_figure(np.random.default_rng([seed, index, n]), size)
             ext = FORMATS[figure.kind][int(rng.random() < 0.25)]
             data = encode(figure, ext)

@@ -80,7 +80,8 @@ def radiograph(rng: np.random.Generator, size: tuple[int, int]) -> SampleFigure:
     img = _noise(img.filter(ImageFilter.GaussianBlur(1.2)), rng, 6)
     caption = (f"Chest radiograph (X-ray), grayscale, showing {_plural(n, 'bright round nodule')} "
                f"in the {side} lung field of the image.")
-    return SampleFigure("radiograph", img, caption, f"The chest X-ray in {{ref}} shows {NUMBERS[n]} nodules on the {side}.",
+    return SampleFigure("radiograph", img, caption,
+                        f"The chest X-ray in {{ref}} shows {NUMBERS[n]} nodules on the {side}.",
                         {"count": n, "side": side})
 
 
@@ -123,7 +124,8 @@ def histology(rng: np.random.Generator, size: tuple[int, int]) -> SampleFigure:
     img = _noise(img.filter(ImageFilter.GaussianBlur(0.7)), rng, 4)
     caption = (f"Hematoxylin and eosin (H&E) stained histology section: pink tissue with {density} purple nuclei "
                f"and {_plural(glands, 'round white gland')}.")
-    return SampleFigure("histology", img, caption, f"Histology ({{ref}}) shows {density} nuclei around {NUMBERS[glands]} glands.",
+    return SampleFigure("histology", img, caption,
+                        f"Histology ({{ref}}) shows {density} nuclei around {NUMBERS[glands]} glands.",
                         {"count": glands, "density": density})
 
 
@@ -139,7 +141,8 @@ def fluorescence(rng: np.random.Generator, size: tuple[int, int]) -> SampleFigur
         _disc(draw, x, y, radius * 0.45, rgb)
     img = _noise(img.filter(ImageFilter.GaussianBlur(1.5)), rng, 3)
     caption = f"Fluorescence microscopy image of {_plural(n, f'{colour} fluorescent cell')} on a black background."
-    return SampleFigure("fluorescence", img, caption, f"Confocal imaging ({{ref}}) detected {NUMBERS[n]} {colour} cells.",
+    return SampleFigure("fluorescence", img, caption,
+                        f"Confocal imaging ({{ref}}) detected {NUMBERS[n]} {colour} cells.",
                         {"count": n, "colour": colour})
 
 

@@ -1,4 +1,5 @@
-"""A small grounded image-caption corpus (a shape whose colour, kind and size the caption names) in the extraction job's Parquet layout.
+"""A small grounded image-caption corpus (a shape whose colour, kind and size the caption names) in the extraction
+job's Parquet layout.
 
 For tests and benchmarks of training: a model that learns colour and shape can retrieve the right caption, so
 Recall@1 rising above chance shows learning. Written as `<out>/{train,val}/part-00000.parquet`.
@@ -48,7 +49,8 @@ def _rows(split: str, count: int, rng: np.random.Generator) -> pa.Table:
         size = ("small", "large")[int(rng.integers(2))]
         image = _draw(colour, shape, size, rng)
         rows.append({
-            "pmcid": f"PMC{(9 if split == 'train' else 8) * 1_000_000 + index}", "pmid": None, "fig_id": f"{split}-F{index}", "label": f"Figure {index + 1}",
+            "pmcid": f"PMC{(9 if split == 'train' else 8) * 1_000_000 + index}", "pmid": None,
+            "fig_id": f"{split}-F{index}", "label": f"Figure {index + 1}",
             "caption": f"Figure {index + 1}. A {size} {colour} {shape} on a light background.",
             "inline_refs": "", "image": image, "width": SIZE, "height": SIZE, "orig_width": SIZE,
             "orig_height": SIZE, "license": "CC BY", "split": split, "sha256": hashlib.sha256(image).hexdigest(),

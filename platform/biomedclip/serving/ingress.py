@@ -49,14 +49,14 @@ async def _answer(response, timeout_s: float | None = None):
     try:
         return await (response if timeout_s is None else asyncio.wait_for(response, timeout_s))
     except BackPressureError as err:
-        raise RequestError(503, "model", f"the model is overloaded, retry later ({err})")
+        raise RequestError(503, "model", f"the model is overloaded, retry later ({err})") from err
     except TimeoutError:
-        raise RequestError(503, "model", f"the model did not answer within {timeout_s} s")
+        raise RequestError(503, "model", f"the model did not answer within {timeout_s} s") from None
     except (RayActorError, RayServeException) as err:
-        raise RequestError(503, "model", f"no model replica could answer ({type(err).__name__}); retry later")
+        raise RequestError(503, "model", f"no model replica could answer ({type(err).__name__}); retry later") from err
     except RayTaskError as err:
         logger.error("model deployment failed: %s", err)
-        raise RequestError(500, "model", "the model failed on this request; the error was logged")
+        raise RequestError(500, "model", "the model failed on this request; the error was logged") from err
 
 
 # serve.ingress serialises the app when the class is defined: everything the routes use must exist above this line.

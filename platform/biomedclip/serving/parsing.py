@@ -125,10 +125,10 @@ async def _read_json(request: Request, schema: type[BaseModel], limits: LimitsCo
     try:
         parsed = schema.model_validate(json.loads(body))
     except json.JSONDecodeError as err:
-        raise RequestError(422, "body", f"not valid JSON ({err.msg} at position {err.pos})")
+        raise RequestError(422, "body", f"not valid JSON ({err.msg} at position {err.pos})") from err
     except ValidationError as err:
         first = err.errors()[0]
-        raise RequestError(422, ".".join(map(str, first["loc"])) or "body", first["msg"])
+        raise RequestError(422, ".".join(map(str, first["loc"])) or "body", first["msg"]) from err
     values = parsed.model_dump(exclude_none=True)
     images = values.pop("images_base64", None) or ([values.pop("image_base64")] if "image_base64" in values else [])
     if len(images) > max_images:

@@ -28,11 +28,12 @@ def decode_image(data: bytes, limits: LimitsConfig, field: str = "image") -> Ima
     except RequestError:
         raise
     except UnidentifiedImageError:
-        raise RequestError(422, field, "not an image in a format the server reads (PNG, JPEG, GIF, TIFF, BMP, WebP)")
+        raise RequestError(422, field,
+                           "not an image in a format the server reads (PNG, JPEG, GIF, TIFF, BMP, WebP)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise RequestError(422, field, f"refused as a possible decompression bomb: {err}")
+        raise RequestError(422, field, f"refused as a possible decompression bomb: {err}") from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise RequestError(422, field, f"truncated or corrupt image data ({err})")
+        raise RequestError(422, field, f"truncated or corrupt image data ({err})") from err
 
 
 def _check_pixels(image: Image.Image, limits: LimitsConfig, field: str) -> None:
@@ -55,7 +56,7 @@ def decode_base64(text: str, limits: LimitsConfig, field: str) -> bytes:
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as err:
-        raise RequestError(422, field, f"not valid base64 ({err})")
+        raise RequestError(422, field, f"not valid base64 ({err})") from err
 
 
 def check_texts(texts: list[str], field: str, limits: LimitsConfig, max_count: int, min_count: int = 1,

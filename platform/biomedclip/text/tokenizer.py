@@ -1,4 +1,5 @@
-"""Uncased WordPiece tokenizer with BERT special tokens, padded and truncated to the model's context length.
+"""WordPiece tokenizer (uncased when trained here) with BERT special tokens, padded and truncated to the model's
+context length.
 
 Either loaded from a local Hugging Face tokenizer directory (e.g. a downloaded BiomedBERT) or trained on captions.
 Encoding runs on the `tokenizers` library alone, so data workers need not import transformers.
@@ -37,6 +38,13 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size()
 
+    @property
+    def lowercases(self) -> bool:
+        """Whether the vocabulary is uncased: the normalizer lowercases (a BERT normalizer, or a Lowercase step)."""
+        normalizer = json.loads(self.backend.to_str()).get("normalizer") or {}
+        steps = normalizer.get("normalizers", [normalizer])
+        return any(step.get("type") == "Lowercase" or step.get("lowercase", False) for step in steps)
+
     @classmethod
     def load(cls, directory: str | Path, context_length: int) -> "Tokenizer":
         """Loads `tokenizer.json`, or else `vocab.txt` (+ `do_lower_case` from tokenizer_config.json)."""
@@ -65,7 +73,7 @@ class Tokenizer:
         vocab = sorted(self.backend.get_vocab().items(), key=lambda item: item[1])
         (directory / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in vocab))
         self.backend.save(str(directory / "tokenizer.json"))
-        config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 512,
+        config = {"tokenizer_class": "BertTokenizer", "do_lower_case": self.lowercases, "model_max_length": 512,
                   "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
                   "mask_token": "[MASK]"}
         (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))

@@ -53,7 +53,8 @@ def write_checkpoint(directory: Path, model, tokenizer: Tokenizer, optimizer, sc
 def read_checkpoint(directory: Path, model, optimizer, scheduler) -> tuple[Progress, list[dict]]:
     """Loads weights, optimizer and schedule in place; returns the progress and the per-rank RNG states."""
     load_weights(model, read_state_dict(directory / WEIGHTS))
-    state = torch.load(directory / TRAIN_STATE, map_location="cpu", weights_only=False)
+    # weights_only: a checkpoint store must not be a way to run code; the state holds only tensors and plain types
+    state = torch.load(directory / TRAIN_STATE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     return Progress(**state["progress"]), state["rng"]

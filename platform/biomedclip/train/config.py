@@ -9,7 +9,7 @@ from biomedclip.train.curriculum import Stage, check_order
 from biomedclip.train.optim import OptimConfig
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataSection:
     path: str = ""  # directory or s3://bucket/prefix holding train/ and val/ Parquet shards
     s3_endpoint: str | None = None  # e.g. http://127.0.0.1:9000 for a local S3
@@ -27,7 +27,7 @@ class DataSection:
             raise ConfigError(f"data.micro_batch: must be positive, got {self.micro_batch}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainSection:
     epochs: int = 32
     curriculum: list[Stage] = field(default_factory=lambda: [Stage(global_batch=4096)])
@@ -45,7 +45,7 @@ class TrainSection:
         check_order(self.curriculum)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunSection:
     name: str = "pretrain"
     output_dir: str = "runs/pretrain"  # local: tokenizer, TensorBoard logs, curves, exported model
@@ -74,7 +74,7 @@ class RunSection:
         return (self.num_workers, self.num_workers) if isinstance(self.num_workers, int) else tuple(self.num_workers)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataSection = field(default_factory=DataSection)

@@ -15,7 +15,7 @@ class CurriculumError(ConfigError):
     """A batch-size schedule that cannot run; the message names the entry."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Stage:
     global_batch: int
     until_epoch: int | None = None  # exclusive; None: until the end of training

@@ -21,6 +21,7 @@ from tokenizers import Tokenizer as FastTokenizer
 from biomedclip.config import from_dict
 from biomedclip.data.train_input import PIXELS, TOKENS
 from biomedclip.model import build_model
+from biomedclip.progress import ProgressBoard
 from biomedclip.text import Tokenizer
 from biomedclip.train import curriculum
 from biomedclip.train.checkpointing import Progress, read_checkpoint, rng_state, set_rng_state, write_checkpoint
@@ -37,12 +38,14 @@ CURVES_PNG = "curves.png"
 def train_loop_per_worker(loop_config: dict) -> None:
     cfg = from_dict(PretrainConfig, loop_config["config"])
     tokenizer = Tokenizer(FastTokenizer.from_str(loop_config["tokenizer_json"]), cfg.model.text.context_length)
-    PretrainWorker(cfg, tokenizer, loop_config["train_rows"]).run()
+    PretrainWorker(cfg, tokenizer, loop_config["train_rows"], loop_config.get("progress")).run()
 
 
 class PretrainWorker:
-    def __init__(self, cfg: PretrainConfig, tokenizer: Tokenizer, train_rows: int):
+    def __init__(self, cfg: PretrainConfig, tokenizer: Tokenizer, train_rows: int,
+                 board: ProgressBoard | None = None):
         self.cfg, self.tokenizer = cfg, tokenizer
+        self.board = board
         self.rank, self.world_size = world()
         self.device = ray.train.torch.get_device()
         self.precision = Precision(bf16=cfg.train.bf16)
@@ -139,10 +142,16 @@ class PretrainWorker:
                    "train/lr": lr, "train/global_batch": plan.global_batch,
                    "train/samples_per_s": plan.global_batch / elapsed}
         self._log(metrics)
+        self._show(f"epoch {plan.epoch + 1}/{self.cfg.train.epochs} loss {loss:.3f}")
         if self.rank == 0 and self.progress.global_step % self.cfg.train.log_every_steps == 0:
             print(f"epoch {plan.epoch} step {self.progress.global_step}: loss {loss:.4f} lr {lr:.2e} "
                   f"batch {plan.global_batch} ({metrics['train/samples_per_s']:.1f} samples/s)", flush=True)
         return ended
+
+    def _show(self, note: str) -> None:
+        """Moves the driver's bar (rank 0 only)."""
+        if self.board is not None and self.rank == 0:
+            self.board.update(self.progress.global_step, sum(p.steps for p in self.plans), note)
 
     def _log(self, metrics: dict[str, float]) -> None:
         self.progress.record(metrics)
@@ -170,6 +179,8 @@ class PretrainWorker:
         if self.rank == 0:
             print(f"epoch {self.progress.epoch - 1} val: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
                   flush=True)
+        if "val/i2t_R@1" in metrics:
+            self._show(f"epoch {self.progress.epoch}/{self.cfg.train.epochs} val R@1 {metrics['val/i2t_R@1']:.3f}")
         return metrics
 
     def _report(self, metrics: dict[str, float], epoch: int) -> None:

@@ -11,7 +11,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from biomedclip.config import ConfigError
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     lr: float = 5e-4
     weight_decay: float = 0.2

@@ -27,13 +27,16 @@ from biomedclip.train.loss import local_logits, symmetric_cross_entropy, world
 MicroBatch = tuple[torch.Tensor, torch.Tensor]  # (pixels [m,3,H,W], token_ids [m,L])
 
 
-@dataclass
+@dataclass(frozen=True)
 class Precision:
     """bf16 autocast on CUDA or CPU; bf16 needs no loss scaling, so there is no grad scaler."""
     bf16: bool = False
 
     def autocast(self, device: torch.device):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+
+FP32 = Precision()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -66,7 +69,7 @@ def _sum_across_workers(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
     return tensor
 
 
-def accumulate_gradients(model: nn.Module, micro_batches: list[MicroBatch], precision: Precision = Precision()) -> float:
+def accumulate_gradients(model: nn.Module, micro_batches: list[MicroBatch], precision: Precision = FP32) -> float:
     """Adds the global-batch gradient to `.grad` of every parameter; returns the global-batch loss.
 
     `model` is the BiomedCLIP, wrapped in DistributedDataParallel when several workers train. Every worker passes
@@ -74,7 +77,8 @@ def accumulate_gradients(model: nn.Module, micro_batches: list[MicroBatch], prec
     """
     rank, world_size = world()
     if world_size > 1 and not isinstance(model, DistributedDataParallel):
-        raise ValueError("accumulate_gradients: with several workers the model must be wrapped in DistributedDataParallel")
+        raise ValueError("accumulate_gradients: with several workers the model must be wrapped in "
+                         "DistributedDataParallel")
     device = next(model.parameters()).device
     bare = unwrap(model)
 
@@ -122,7 +126,8 @@ def _backward_micro_batches(model, micro_batches, rng_states, image_grads, text_
             torch.autograd.backward(tensors, grads)
 
 
-def apply_update(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler=None, grad_clip: float | None = None) -> None:
+def apply_update(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler=None,
+                 grad_clip: float | None = None) -> None:
     """Clips (optional), steps the optimizer and the schedule, clears gradients and clamps the temperature."""
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

@@ -16,8 +16,8 @@ def require_mlflow():
     try:
         import mlflow
     except ImportError as err:
-        raise ImportError("run.mlflow_tracking_uri is set but the mlflow package is not installed "
-                          "(pip install mlflow, or leave mlflow_tracking_uri unset to log to TensorBoard only)") from err
+        raise ImportError("run.mlflow_tracking_uri is set but the mlflow package is not installed (pip install "
+                          "mlflow, or leave mlflow_tracking_uri unset to log to TensorBoard only)") from err
     return mlflow
 
 

@@ -6,7 +6,6 @@ saved in the run's output directory; the model's vocabulary follows it. Checkpoi
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,6 +20,7 @@ from biomedclip.data.train_input import count_rows, iter_captions, training_data
 from biomedclip.io import storage_location
 from biomedclip.model.artifact import load_artifact, save_artifact
 from biomedclip.model.export import export_open_clip
+from biomedclip.progress import ProgressBoard, remote_bar
 from biomedclip.text import Tokenizer
 from biomedclip.train import curriculum
 from biomedclip.train.config import PretrainConfig
@@ -75,7 +75,7 @@ def warn_if_data_starves(cfg: PretrainConfig, progress: Callable[[str], None]) -
 
 
 def build_trainer(cfg: PretrainConfig, tokenizer: Tokenizer, datasets: dict, train_rows: int,
-                  callbacks: Sequence[ray.train.UserCallback] = ()) -> TorchTrainer:
+                  callbacks: Sequence[ray.train.UserCallback] = (), board: ProgressBoard | None = None) -> TorchTrainer:
     run = cfg.run
     storage_fs, storage_path = storage_location(run.storage_path or str(Path(run.output_dir) / "checkpoints"),
                                               run.s3_endpoint)
@@ -85,7 +85,7 @@ def build_trainer(cfg: PretrainConfig, tokenizer: Tokenizer, datasets: dict, tra
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_dict(cfg), "tokenizer_json": tokenizer.backend.to_str(),
-                           "train_rows": train_rows},
+                           "train_rows": train_rows, "progress": board},
         scaling_config=ray.train.ScalingConfig(num_workers=low if low == high else (low, high), use_gpu=run.use_gpu,
                                                resources_per_worker={"CPU": run.cpus_per_worker},
                                                accelerator_type=run.accelerator_type),
@@ -108,15 +108,15 @@ def export_final(checkpoint: ray.train.Checkpoint, output_dir: Path) -> tuple[Pa
 
 
 def run_pretraining(cfg: PretrainConfig, progress: Callable[[str], None] = print,
-                    callbacks: Sequence[ray.train.UserCallback] = ()) -> PretrainResult:
-    """`callbacks` run on the Train controller (e.g. a sweep's forwarding of each report to Ray Tune)."""
+                    callbacks: Sequence[ray.train.UserCallback] = (), show_bar: bool = True) -> PretrainResult:
+    """`callbacks` run on the Train controller (e.g. a sweep's forwarding of each report to Ray Tune); `show_bar`
+    draws a bar of the training steps on this process's terminal."""
     output_dir = Path(cfg.run.output_dir).resolve()
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(output_dir)))
     if cfg.run.mlflow_tracking_uri:
         require_mlflow()
     data_context = DataContext.get_current()
     data_context.op_resource_reservation_enabled = False  # small clusters: let map tasks run in parallel
-    data_context.enable_progress_bars = sys.stdout.isatty()  # bars become log spam when redirected
     train_rows = count_rows(cfg.data.path, "train", cfg.data.s3_endpoint)
     check_curriculum(cfg, train_rows)
     progress(f"{train_rows} training pairs")
@@ -128,7 +128,8 @@ def run_pretraining(cfg: PretrainConfig, progress: Callable[[str], None] = print
                                  tasks=cfg.data.map_tasks)
     warn_if_data_starves(cfg, progress)
     progress(f"training {cfg.train.epochs} epochs on {cfg.run.num_workers} workers (vocabulary {tokenizer.vocab_size})")
-    result = build_trainer(cfg, tokenizer, datasets, train_rows, callbacks).fit()
+    with remote_bar("training", unit="step", show=show_bar) as board:
+        result = build_trainer(cfg, tokenizer, datasets, train_rows, callbacks, board).fit()
     artifact = open_clip_dir = None
     if cfg.run.export and result.checkpoint is not None and cfg.run.stop_at_step is None:
         artifact, open_clip_dir = export_final(result.checkpoint, output_dir)

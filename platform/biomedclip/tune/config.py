@@ -10,7 +10,7 @@ from biomedclip.config import ConfigError, from_dict
 EPOCH_METRICS = ("val/loss", *(f"val/{d}_R@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class AxisSpec:
     """One search dimension: exactly one of a grid (every value), a random choice, or a [low, high] range."""
     grid: list[Any] | None = None
@@ -41,7 +41,7 @@ class AxisSpec:
         return list(getattr(self, self.kind))
 
 
-@dataclass
+@dataclass(frozen=True)
 class SchedulerSection:
     metric: str = "val/i2t_R@1"
     mode: Literal["max", "min"] = "max"
@@ -57,7 +57,7 @@ class SchedulerSection:
             raise ConfigError("scheduler: grace_period must be >= 1 and reduction_factor > 1")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepConfig:
     name: str = "sweep"  # the experiment folder under storage_path; rerunning with the same name resumes
     base_config: str = ""  # pretraining YAML (jobs/configs/*.yaml) every trial starts from

@@ -16,8 +16,8 @@ from typing import Any
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from biomedclip.train.curriculum import Stage, stage_index
 from biomedclip.train.config import PretrainConfig
+from biomedclip.train.curriculum import Stage, stage_index
 from biomedclip.train.trainer import run_pretraining
 from biomedclip.tune.space import pretrain_config
 
@@ -69,5 +69,5 @@ def run_trial(values: dict[str, Any], setup: TrialSetup) -> None:
     trial_dir = Path(tune.get_context().get_trial_dir())
     cfg = trial_pretrain_config(setup, values, trial_dir)
     label = tune.get_context().get_trial_id()
-    run_pretraining(cfg, progress=lambda line: print(f"[{label}] {line}", flush=True),
+    run_pretraining(cfg, progress=lambda line: print(f"[{label}] {line}", flush=True), show_bar=False,
                     callbacks=[EpochReportCallback(cfg.train.curriculum)])

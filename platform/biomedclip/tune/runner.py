@@ -62,7 +62,7 @@ def _tuner(sweep: SweepConfig, base: dict, concurrency: int, max_t: int, progres
         tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=sweep.num_samples,
                                     max_concurrent_trials=concurrency, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=sweep.name, storage_path=storage_path, storage_filesystem=filesystem,
-                                  failure_config=tune.FailureConfig(max_failures=0), verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=0), verbose=0,
                                   callbacks=[SweepProgress(list(sweep.axes()), sweep.scheduler.metric, max_t)]))
 
 

@@ -23,7 +23,7 @@ IMAGE_STREAM, TEXT_STREAM = 0, 1
 UNUSED_ENCODER_PARTS = ("visual.head.", "text.proj.", "logit_scale")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FusionConfig:
     width: int = 768
     layers: int = 6

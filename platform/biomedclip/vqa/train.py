@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from biomedclip.config import ConfigError, from_dict, to_dict
 from biomedclip.model.artifact import load_artifact
 from biomedclip.model.transforms import eval_transform, train_transform
+from biomedclip.progress import ProgressBoard, remote_bar
 from biomedclip.text import Tokenizer
 from biomedclip.vqa.answers import AnswerVocab
 from biomedclip.vqa.artifact import save_vqa_artifact
@@ -35,7 +36,7 @@ from biomedclip.vqa.model import FusionConfig, VQAModel
 UNSEEN = -1  # label of a test answer outside the vocabulary: never predicted, so always wrong
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 20
     batch_size: int = 32
@@ -58,7 +59,7 @@ class TrainConfig:
             raise ConfigError(f"train.warmup_fraction: {self.warmup_fraction} is not in [0, 1)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     lang: str = "en"  # SLAKE question language: en, zh or all
     vqa_rad_format: str = "auto"  # auto, public (original release file) or splits (trainset/testset.json)
@@ -70,7 +71,7 @@ class DataConfig:
             raise ConfigError(f"data.vqa_rad_format: {self.vqa_rad_format!r} is not one of {list(VQA_RAD_FORMATS)}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FinetuneConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -122,21 +123,27 @@ def finetune(checkpoint: str | Path, train_records: list[VQARecord], test_record
     if unknown:
         raise ValueError(f"training answers missing from the vocabulary: {unknown[:5]}")
     output_dir = Path(output_dir).resolve()
-    trainer = ray.train.torch.TorchTrainer(
+    with remote_bar("fine-tuning", unit="epoch") as board:
+        result = _trainer(checkpoint, train_records, test_records, vocab, cfg, output_dir, run_name, board).fit()
+    artifact_dir = Path(result.checkpoint.to_directory(str(output_dir / "model")))
+    if cfg.train.num_workers == 0:  # local mode keeps the reported directory itself, not a copy in storage
+        shutil.rmtree(result.checkpoint.path, ignore_errors=True)
+    return FinetuneResult(history=result.return_value, artifact_dir=artifact_dir)
+
+
+def _trainer(checkpoint: str | Path, train_records: list[VQARecord], test_records: list[VQARecord],
+             vocab: AnswerVocab, cfg: FinetuneConfig, output_dir: Path, run_name: str,
+             board: ProgressBoard) -> ray.train.torch.TorchTrainer:
+    return ray.train.torch.TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"checkpoint": str(Path(checkpoint).resolve()), "config": to_dict(cfg),
                            "train_records": train_records, "test_records": test_records,
-                           "answers": vocab.answers},
+                           "answers": vocab.answers, "progress": board},
         torch_config=ray.train.torch.TorchConfig(backend="gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers,
                                                resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=ray.train.RunConfig(name=run_name, storage_path=str(output_dir / "ray")),
     )
-    result = trainer.fit()
-    artifact_dir = Path(result.checkpoint.to_directory(str(output_dir / "model")))
-    if cfg.train.num_workers == 0:  # local mode keeps the reported directory itself, not a copy in storage
-        shutil.rmtree(result.checkpoint.path, ignore_errors=True)
-    return FinetuneResult(history=result.return_value, artifact_dir=artifact_dir)
 
 
 def train_loop_per_worker(loop_config: dict) -> list[dict]:
@@ -165,6 +172,9 @@ def train_loop_per_worker(loop_config: dict) -> list[dict]:
         metrics = {"epoch": epoch + 1, **train_epoch(ddp_model, train_loader, optimizer, scheduler),
                    **{f"test_{k}": v for k, v in evaluate(model, test_set, cfg.train.batch_size).items()}}
         history.append(metrics)
+        if rank == 0:
+            loop_config["progress"].update(epoch + 1, cfg.train.epochs, f"loss {metrics['train_loss']:.3f} "
+                                           f"test acc {metrics['test_accuracy'] or 0:.3f}")
         _report(metrics, model, tokenizer, vocab, last=epoch == cfg.train.epochs - 1, rank=rank)
     return history
 
