@@ -15,10 +15,10 @@ import pytest
 from biomedclip.pmc.archives import ArchiveLimits, read_tar_gz
 from biomedclip.pmc.media import match_media
 from biomedclip.pmc.pairs import PairConfig, build_pairs, load_article
-from biomedclip.samples.corpus import write_sample_corpus
-from tests.helpers import make_public_bucket
 from biomedclip.pmc.skips import Skipped, safe_member
 from biomedclip.pmc.sources import Source, SourceConfig, key_from_url
+from biomedclip.samples.corpus import write_sample_corpus
+from tests.helpers import make_public_bucket
 
 NXML = (b'<article xmlns:xlink="http://www.w3.org/1999/xlink"><front><article-meta>'
         b'<article-id pub-id-type="pmc">123</article-id></article-meta></front><body>'

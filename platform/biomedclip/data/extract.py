@@ -25,6 +25,7 @@ from functools import partial
 
 import ray
 
+from biomedclip.io import OutputStore
 from biomedclip.pmc.dedup import bucket_losers, write_group_buckets
 from biomedclip.pmc.filters import FilterConfig
 from biomedclip.pmc.images import ImageConfig
@@ -33,7 +34,6 @@ from biomedclip.pmc.pairs import PairConfig
 from biomedclip.pmc.sources import Source, SourceConfig
 from biomedclip.pmc.split import SPLITS, SplitConfig
 from biomedclip.pmc.stats import plot_histograms
-from biomedclip.io import OutputStore
 from biomedclip.pmc.units import (
     FINAL_DIR,
     STAGED_DIR,

@@ -1,8 +1,9 @@
 """Embeddings through Ray Data: an actor pool loads the model artifact once per actor and embeds batches.
 
-Each actor holds one `Predictor` (the shared inference path). Actors take one GPU each when the cluster has GPUs (one actor per GPU by default), else CPUs. An example that fails to
-load (bad image bytes, unreadable file) comes back with its error and a zero embedding; the driver drops it and
-reports it by name, so one bad file never stops an evaluation.
+Each actor holds one `Predictor` (the shared inference path). Actors take one GPU each when the cluster has GPUs
+(one actor per GPU by default), else CPUs. An example that fails to load (bad image bytes, unreadable file) comes
+back with its error and a zero embedding; the driver drops it and reports it by name, so one bad file never stops an
+evaluation.
 """
 from __future__ import annotations
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlparse
 
+from biomedclip.io import SourceTree
+from biomedclip.io.trees import TooLarge
 from biomedclip.pmc.archives import ArchiveLimits, read_tar_gz
 from biomedclip.pmc.licenses import normalize_code
 from biomedclip.pmc.media import basename
-from biomedclip.io import SourceTree
-from biomedclip.io.trees import TooLarge
 from biomedclip.pmc.skips import Skipped, safe_member
 
 Layout = Literal["auto", "s3", "tar", "folders"]
@@ -142,7 +142,7 @@ class Source:
             try:
                 files = read_tar_gz(data, wanted.__contains__, self.config.archive).files
             except Skipped as err:
-                return {name: err for name in names}
+                return dict.fromkeys(names, err)
             too_large = f"larger than {self.config.archive.max_member_bytes} bytes"
             return {n: files.get(n, Skipped("image_too_large", f"member {n} is {too_large}")) for n in names}
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from biomedclip.io import OutputStore
 from biomedclip.pmc.pairs import PairConfig, build_pairs, load_article
 from biomedclip.pmc.schema import PAIR_SCHEMA, staged_table
 from biomedclip.pmc.sources import Source
 from biomedclip.pmc.split import SPLITS
 from biomedclip.pmc.stats import table_histograms
-from biomedclip.io import OutputStore
 
 STAGED_DIR = "_state/staged"
 FINAL_DIR = "_state/final"

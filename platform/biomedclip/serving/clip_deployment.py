@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from ray import serve
 
-from biomedclip.serving.config import ServingConfig
 from biomedclip.inference import Predictor, rank_labels
+from biomedclip.serving.config import ServingConfig
 from biomedclip.serving.prompt_cache import PromptCache
 
 logger = logging.getLogger("ray.serve")
