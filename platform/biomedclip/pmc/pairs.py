@@ -20,7 +20,7 @@ from biomedclip.pmc.panels import Box, PanelConfig, detect_panels, pair_panels, 
 from biomedclip.pmc.skips import Skipped
 from biomedclip.pmc.sources import Package, Source
 from biomedclip.pmc.split import SplitConfig, assign_split
-from biomedclip.pmc.subcaptions import split_caption
+from biomedclip.pmc.subcaptions import panel_inline_refs, split_caption
 
 log = logging.getLogger("biomedclip.pmc")
 KEY_SEPARATOR = "\x1f"
@@ -176,7 +176,12 @@ def _pair_rows(loaded: LoadedArticle, figure: Figure, fig_id: str, href: str, co
     }
     if config.panels == "off":
         return [whole]
-    panels = _panel_rows(loaded, whole, image, config)
+    try:
+        panels = _panel_rows(loaded, whole, image, config)
+    except Exception as err:  # noqa: BLE001 - a bug in the panel split must not lose the whole figure
+        problem = Skipped("internal_error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
+        loaded.report.skip(problem, f"panels of figure {fig_id}")
+        panels = []
     if panels and config.panels == "replace":
         whole["publish"] = False
     return [whole, *panels]
@@ -184,7 +189,8 @@ def _pair_rows(loaded: LoadedArticle, figure: Figure, fig_id: str, href: str, co
 
 def _panel_rows(loaded: LoadedArticle, whole: dict, image: NormalizedImage, config: PairConfig) -> list[dict]:
     """One row per panel paired with its sub-caption; none when the caption names no panels or the pairing is
-    uncertain. Panels are cut from the normalised image; the split, licence and identifiers are the parent's."""
+    uncertain. Panels are cut from the normalised image; the split, licence and identifiers are the parent's, and of
+    its citing sentences those that name this panel or no panel."""
     split = split_caption(whole["caption"])
     if split is None:
         return []
@@ -218,6 +224,7 @@ def _panel_row(loaded: LoadedArticle, whole: dict, image: NormalizedImage, lette
         **whole,
         "fig_id": fig_id,
         "caption": caption,
+        "inline_refs": "\n".join(panel_inline_refs(whole["inline_refs"].split("\n"), letter)),
         "image": panel.jpeg,
         "width": panel.width,
         "height": panel.height,

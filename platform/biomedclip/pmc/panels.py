@@ -154,8 +154,8 @@ def _cut(pixels: np.ndarray, box: Box, root: Box, config: PanelConfig, depth: in
 
 
 def _panel_sized(gutters: list[_Gutter], inner: Box, root: Box, axis: int, config: PanelConfig) -> list[_Gutter]:
-    """The gutters left once every piece between them is big enough and not too elongated: the gutter beside the
-    worst piece is dropped (merging it into its smaller neighbour) until all pass."""
+    """The gutters left once every piece between them is big enough and not too elongated: a gutter beside the
+    smallest failing piece is dropped (merging the piece into a neighbour) until all pass."""
     start, end = (inner[1], inner[3]) if axis == 0 else (inner[0], inner[2])
     across = (inner[2] - inner[0]) if axis == 0 else (inner[3] - inner[1])
     root_length = (root[3] - root[1]) if axis == 0 else (root[2] - root[0])
@@ -173,8 +173,12 @@ def _panel_sized(gutters: list[_Gutter], inner: Box, root: Box, axis: int, confi
             gutters.pop(0)
         elif worst == len(gutters):
             gutters.pop()
-        else:
-            gutters.pop(worst - 1 if lengths[worst - 1] <= lengths[worst + 1] else worst)
+        else:  # into the smaller neighbour, unless a real piece lies between a clearly narrower and a wider gutter
+            before, after = gutters[worst - 1].width, gutters[worst].width
+            if lengths[worst] >= config.min_gutter and max(before, after) >= 2 * min(before, after):
+                gutters.pop(worst - 1 if before < after else worst)
+            else:
+                gutters.pop(worst - 1 if lengths[worst - 1] <= lengths[worst + 1] else worst)
     return []
 
 

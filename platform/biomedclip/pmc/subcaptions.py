@@ -21,6 +21,8 @@ _MARKER = re.compile(
     r")(?=\s)"
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(])")
+# "Figure 2B", "Fig. 2A-C", "Figs. 3(a,b)": the letters after a figure number.
+_PANEL_CITATION = re.compile(rf"\bFig(?:ure)?s?\.?\s*\d+\s*\(?(?P<letters>{_LETTERS})(?![A-Za-z])")
 
 
 @dataclass(frozen=True)
@@ -95,3 +97,14 @@ def split_caption(caption: str) -> SplitCaption | None:
         for letter in marker.letters:
             panels[letter.upper()] = f"{title} {text}".strip()
     return SplitCaption(lead, panels)
+
+
+def cited_panels(sentence: str) -> set[str]:
+    """The panel letters (upper case) a citing sentence names after a figure number; empty if it cites whole figures."""
+    return {letter.upper() for match in _PANEL_CITATION.finditer(sentence)
+            for letter in expand_letters(match.group("letters"))}
+
+
+def panel_inline_refs(sentences: list[str], letter: str) -> list[str]:
+    """Of a figure's citing sentences, those about this panel: naming it, or naming no panel at all."""
+    return [s for s in sentences if not (cited := cited_panels(s)) or letter.upper() in cited]
