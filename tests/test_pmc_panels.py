@@ -179,9 +179,10 @@ def test_extraction_writes_panel_pairs_beside_whole_figures(ray_session, tmp_pat
              for r in pads.dataset(str(tmp_path / "out" / split), format="parquet").to_table().to_pylist()]
     panels = [p for p in pairs if p["panel"]]
     assert panels and len(pairs) == manifest["pairs_total"]
-    wholes = {(p["pmcid"], p["fig_id"]) for p in pairs if p["panel"] is None}
-    assert all((p["pmcid"], p["parent_fig_id"]) in wholes for p in panels)
-    assert len({p["caption"] for p in panels}) == len(panels)  # each panel has its own sub-caption
+    wholes = {(p["pmcid"], p["fig_id"]): p for p in pairs if p["panel"] is None}
+    for panel in panels:  # beside its whole figure, with its own sub-caption
+        parent = wholes[(panel["pmcid"], panel["parent_fig_id"])]
+        assert panel["caption"] == split_caption(parent["caption"]).panels[panel["panel"]] != parent["caption"]
     assert sum(int(k) * v for k, v in manifest["stats"]["panels_per_figure"].items()) == len(panels)
     assert (tmp_path / "out" / "stats" / "panels_per_figure.png").read_bytes()[:4] == b"\x89PNG"
 
