@@ -216,3 +216,20 @@ def test_text_views_config_is_checked():
         with pytest.raises(ValueError, match="text_"):
             DataSection(**bad)
 
+
+
+def test_training_batches_read_a_citing_sentence_or_the_caption():
+    from biomedclip.data.train_input import TOKENS, preprocess_batch
+    from biomedclip.text import Tokenizer
+
+    caption, cite = "bright nodules in the left lung", "ground glass opacity resolved after treatment"
+    tokenizer = Tokenizer.train([caption, cite] * 4, vocab_size=200, context_length=16, min_frequency=1)
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 40), (90, 10, 10)).save(buffer, "PNG")
+    batch = {"pmcid": np.array(["PMC1"] * 40), "fig_id": np.array(["F1"] * 40), "caption": np.array([caption] * 40),
+             "inline_refs": np.array([cite] * 40), "image": np.array([buffer.getvalue()] * 40, dtype=object)}
+    kwargs = {"tokenizer_json": tokenizer.backend.to_str(), "context_length": 16, "image_size": 32, "augment": False}
+    rows = {tuple(r) for r in preprocess_batch(batch, text_views=("caption", "inline_refs"), **kwargs)[TOKENS]}
+    assert rows == {tuple(tokenizer.encode([text])[0]) for text in (caption, cite)}
+    only_caption = preprocess_batch({k: v for k, v in batch.items() if k != "inline_refs"}, **kwargs)[TOKENS]
+    assert {tuple(r) for r in only_caption} == {tuple(tokenizer.encode([caption])[0])}
