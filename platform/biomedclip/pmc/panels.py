@@ -61,15 +61,16 @@ class _Gutter:
 
 
 def detect_panels(pixels: np.ndarray, config: PanelConfig = PanelConfig()) -> list[Box]:
-    """The panel boxes of an RGB image (H x W x 3, uint8) in reading order; one box (the content) if it is not
-    compound, none if it is blank."""
+    """The panel boxes of an RGB image (H x W x 3, uint8) in reading order; one box (the content without its margins)
+    if it is not compound or cuts into more than `max_panels` pieces, none if it is blank."""
     if pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 RGB array, got shape {pixels.shape}")
     height, width = pixels.shape[:2]
-    root = _trim(pixels.astype(np.int16), (0, 0, width, height), config)
+    signed = pixels.astype(np.int16)  # differences of colours below
+    root = _trim(signed, (0, 0, width, height), config)
     if root is None:
         return []
-    leaves = _cut(pixels.astype(np.int16), root, root, config, depth=0)
+    leaves = _cut(signed, root, root, config, depth=0)
     return leaves if len(leaves) <= config.max_panels else [root]
 
 
@@ -193,10 +194,6 @@ def _pieces(box: Box, gutters: list[_Gutter], axis: int) -> list[Box]:
 # --- panel letters -----------------------------------------------------------------------------------------------
 
 _LETTER = re.compile(r"^\(?([A-Za-z])\)?[.:]?$")
-
-
-def ocr_available() -> bool:
-    return shutil.which("tesseract") is not None
 
 
 def read_panel_letters(pixels: np.ndarray, boxes: list[Box], corner_share: float = 0.3) -> list[str | None]:
