@@ -28,13 +28,27 @@ VARIANTS = {"caption": ["data.text_views=[caption]"],
             "caption+inline_refs (concat)": ["data.text_views=[caption, inline_refs]", "data.text_concat=true"]}
 
 
+def start_ray(attempts: int = 3) -> None:
+    """A local Ray with 4 logical CPUs (a training worker plus data tasks on a small machine); a loaded machine can
+    miss the node start-up deadline, and a second start succeeds."""
+    for attempt in range(attempts):
+        try:
+            ray.init(num_cpus=4, include_dashboard=False,
+                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}})
+            return
+        except Exception:
+            ray.shutdown()
+            if attempt == attempts - 1:
+                raise
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--articles", type=int, default=320)
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--seed", type=int, default=5)
     args = parser.parse_args()
-    ray.init(include_dashboard=False)
+    start_ray()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_sample_corpus(root / "pmc", articles=args.articles, layout="folders", seed=args.seed)
