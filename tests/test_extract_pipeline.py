@@ -53,7 +53,7 @@ def article_reports(output: Path) -> dict[str, dict]:
 
 
 def test_real_articles_give_one_pair_per_figure_with_an_image(ray_session, realdata, tmp_path):
-    manifest = extract(str(realdata / "pmc"), tmp_path, articles_per_unit=5)
+    manifest = extract(str(realdata / "pmc"), tmp_path, articles_per_unit=5, panels="off")
     reports = article_reports(tmp_path)
     assert {a: r["figures"] for a, r in reports.items()} == REAL_FIGURES
     assert {a: r["pairs"] for a, r in reports.items() if r["pairs"]} == REAL_PAIRS
@@ -78,14 +78,17 @@ def test_real_articles_give_one_pair_per_figure_with_an_image(ray_session, reald
 
 
 def expected_pairs(source: Source) -> dict[tuple[str, str], str]:
-    """Oracle without Ray: every article through the library, then exact duplicates kept once (smallest key)."""
+    """Oracle without Ray: every article through the library, then exact duplicate figures kept once (smallest key),
+    each with its panels."""
     rows = []
     for ref in source.list_refs():
         rows.extend(build_pairs(load_article(source, ref), PairConfig()))
     kept: dict[str, dict] = {}
     for row in sorted(rows, key=lambda r: r["pair_key"]):
-        kept.setdefault(row["sha256"], row)
-    return {(r["pmcid"], r["fig_id"]): r["sha256"] for r in kept.values()}
+        if row["pair_key"] == row["parent_key"]:
+            kept.setdefault(row["sha256"], row)
+    parents = {row["pair_key"] for row in kept.values()}
+    return {(r["pmcid"], r["fig_id"]): r["sha256"] for r in rows if r["parent_key"] in parents}
 
 
 def test_sample_corpus_dedup_split_and_ray_readable_shards(ray_session, tmp_path):
@@ -103,7 +106,8 @@ def test_sample_corpus_dedup_split_and_ray_readable_shards(ray_session, tmp_path
     oracle = expected_pairs(Source(SourceConfig(uri=str(corpus))))
     assert {(p["pmcid"], p["fig_id"]): p["sha256"] for p in pairs} == oracle
     assert manifest["skipped"]["duplicate_image"] == manifest["pairs_extracted"] - len(oracle) >= 3
-    assert len({p["sha256"] for p in pairs}) == len(pairs)
+    whole = [p for p in pairs if p["panel"] is None]
+    assert len({p["sha256"] for p in whole}) == len(whole)
     splits_of = {}
     for p in pairs:
         splits_of.setdefault(p["pmcid"], set()).add(p["split"])

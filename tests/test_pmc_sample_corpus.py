@@ -77,13 +77,13 @@ def test_corpus_is_deterministic_by_seed(tmp_path, layout):
     assert digests(tmp_path / "a") == digests(tmp_path / "b")
     assert digests(tmp_path / "a") != digests(tmp_path / "c")
     truth = [json.loads(line) for line in (tmp_path / "a" / "sample_truth.jsonl").read_text().splitlines()]
-    assert len(truth) == first["figures"] and {t["kind"] for t in truth} <= set(RENDERERS)
+    assert len(truth) == first["figures"] and {t["kind"] for t in truth} <= {*RENDERERS, "compound"}
 
 
 def test_corpus_mixes_kinds_formats_and_reuses_some_figures(tmp_path):
     write_sample_corpus(tmp_path, articles=60, layout="folders", seed=0)
     truth = [json.loads(line) for line in (tmp_path / "sample_truth.jsonl").read_text().splitlines()]
-    assert {t["kind"] for t in truth} == set(RENDERERS)
+    assert {t["kind"] for t in truth} - {"compound"} == set(RENDERERS)
     suffixes = {p.suffix for p in tmp_path.rglob("*") if p.is_file()}
     assert {".jpg", ".png", ".gif", ".tif", ".nxml"} <= suffixes
     images = [hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.rglob("*.*")

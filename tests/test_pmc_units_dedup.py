@@ -38,8 +38,8 @@ def test_stage_and_finalize_a_unit(tmp_path):
     final = finalize_unit(unit.name, [loser], out)
     published = pads.dataset([str(p) for p in (tmp_path / "out").glob("*/part-u0000000.parquet")]).to_table()
     assert published.num_rows == staged.num_rows - 1 == sum(final["pairs"].values())
-    assert final["duplicates"] == 1
-    assert set(published.column_names) == set(staged.column_names) - {"pair_key", "caption_words"}
+    assert final["duplicates"] == 1 and set(published.column_names) == set(staged.column_names) - {
+        "pair_key", "caption_words", "parent_key", "publish"}
 
 
 def test_bucketed_dedup_matches_brute_force_for_any_bucket_count(tmp_path):
@@ -49,7 +49,10 @@ def test_bucketed_dedup_matches_brute_force_for_any_bucket_count(tmp_path):
     for unit in units:
         keys = [(f"{rng.randrange(40):064x}", f"PMC{rng.randrange(100)}\x1fF{rng.randrange(9)}\x1f{unit}")
                 for _ in range(30)]
-        out.write_table(staged_path(unit), pa.table({"sha256": [k[0] for k in keys], "pair_key": [k[1] for k in keys]}))
+        panels = [(sha, f"{key}/A", key) for sha, key in keys[:5]]  # panels go with their parent: never keyed
+        out.write_table(staged_path(unit), pa.table({"sha256": [k[0] for k in keys] + [p[0] for p in panels],
+                                                     "pair_key": [k[1] for k in keys] + [p[1] for p in panels],
+                                                     "parent_key": [k[1] for k in keys] + [p[2] for p in panels]}))
         rows.extend((sha, key, unit) for sha, key in keys)
     kept = {}
     for sha, key, _unit in sorted(rows, key=lambda r: r[1]):

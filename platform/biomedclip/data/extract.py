@@ -22,6 +22,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Literal
 
 import ray
 
@@ -30,7 +31,8 @@ from biomedclip.pmc.dedup import bucket_losers, write_group_buckets
 from biomedclip.pmc.filters import FilterConfig
 from biomedclip.pmc.images import ImageConfig
 from biomedclip.pmc.manifest import ManifestBuilder
-from biomedclip.pmc.pairs import PairConfig
+from biomedclip.pmc.pairs import PANEL_MODES, PairConfig
+from biomedclip.pmc.panels import PanelConfig
 from biomedclip.pmc.sources import Source, SourceConfig
 from biomedclip.pmc.split import SPLITS, SplitConfig
 from biomedclip.pmc.stats import plot_histograms
@@ -52,7 +54,7 @@ log = logging.getLogger("biomedclip.data.extract")
 CONFIG_RECORD = "_state/config.json"
 DEDUP_DIR = "_state/dedup"
 # Settings that change what a unit produces; a rerun on the same output must match them.
-OUTPUT_DEFINING = ("source", "images", "filters", "split", "articles_per_unit")
+OUTPUT_DEFINING = ("source", "images", "filters", "split", "panels", "panel_detection", "articles_per_unit")
 
 
 class ExtractError(RuntimeError):
@@ -72,6 +74,10 @@ class ExtractConfig:
     images: ImageConfig = field(default_factory=ImageConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    # Compound figures: off (whole figures only, as before) | add (panel pairs beside the whole figure) | replace.
+    # YAML reads a bare `off` as false, which means off too.
+    panels: Literal["off", "add", "replace"] | bool = "add"
+    panel_detection: PanelConfig = field(default_factory=PanelConfig)
     articles_per_unit: int = 32
     units_per_wave: int = 2048  # units listed and scheduled at a time (bounds the driver's memory)
     io_threads: int = 4  # per task, articles fetched ahead while the CPU decodes
@@ -87,10 +93,14 @@ class ExtractConfig:
             raise ValueError("limit must be >= 0")
         if not 0 < self.fail_unreadable_share <= 1:
             raise ValueError(f"fail_unreadable_share: {self.fail_unreadable_share} is not in (0, 1]")
+        if self.panels is True:
+            raise ValueError(f"panels must be one of {PANEL_MODES}, not true")
+        if self.panels is False:
+            object.__setattr__(self, "panels", "off")
 
     @property
     def pairs(self) -> PairConfig:
-        return PairConfig(self.images, self.filters, self.split)
+        return PairConfig(self.images, self.filters, self.split, self.panels, self.panel_detection)
 
 
 def run_extraction(config: ExtractConfig) -> dict:

@@ -1,6 +1,7 @@
 """Exact-duplicate images across the whole dataset, found without a shuffle service in two map-only passes:
 
-1. each group of units writes its (sha256, pair_key, unit) keys split into hash buckets;
+1. each group of units writes the (sha256, pair_key, unit) keys of its whole figures split into hash buckets (a
+   compound figure's panels are kept or dropped with it: they are not keyed themselves);
 2. each bucket reads its files from all groups, sorts, and names as losers every pair whose image hash was already
    seen with a smaller pair key, i.e. the pair with the smallest (pmcid, fig_id) is kept.
 
@@ -32,7 +33,8 @@ def write_group_buckets(group: int, unit_names: list[str], buckets: int, directo
     """Pass 1: a group's keys, one file per bucket; returns the number of keys."""
     tables = []
     for name in unit_names:
-        keys = out.read_table(staged_path(name), columns=KEY_COLUMNS)
+        keys = out.read_table(staged_path(name), columns=[*KEY_COLUMNS, "parent_key"])
+        keys = keys.filter(pc.equal(keys.column("pair_key"), keys.column("parent_key"))).select(KEY_COLUMNS)
         tables.append(keys.append_column("unit", pa.array([name] * keys.num_rows, pa.string())))
     empty = pa.table({c: pa.array([], pa.string()) for c in [*KEY_COLUMNS, "unit"]})
     keys = pa.concat_tables(tables) if tables else empty

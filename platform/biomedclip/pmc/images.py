@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -47,6 +47,7 @@ class NormalizedImage:
     orig_width: int
     orig_height: int
     sha256: str  # of the decoded, resized RGB pixels and their size
+    rgb: Image.Image | None = field(default=None, compare=False, repr=False)  # the pixels encoded
 
 
 def normalize_image(data: bytes, config: ImageConfig) -> NormalizedImage:
@@ -64,11 +65,17 @@ def normalize_image(data: bytes, config: ImageConfig) -> NormalizedImage:
         _draft(img, config.max_side)
         _load(img)
         rgb = _resize(to_rgb(img), config.max_side)
+    return encode_rgb(rgb, orig_width, orig_height, config)
+
+
+def encode_rgb(rgb: Image.Image, orig_width: int, orig_height: int, config: ImageConfig) -> NormalizedImage:
+    """An RGB image (already decoded, e.g. a panel cut from a figure) reduced to `max_side` and encoded."""
+    rgb = _resize(rgb, config.max_side)
     pixels = rgb.tobytes()
     digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + pixels).hexdigest()
     out = io.BytesIO()
     rgb.save(out, "JPEG", quality=config.jpeg_quality)
-    return NormalizedImage(out.getvalue(), rgb.width, rgb.height, orig_width, orig_height, digest)
+    return NormalizedImage(out.getvalue(), rgb.width, rgb.height, orig_width, orig_height, digest, rgb)
 
 
 def _open(data: bytes, config: ImageConfig) -> Image.Image:

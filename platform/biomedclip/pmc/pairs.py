@@ -9,17 +9,22 @@ import traceback
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from biomedclip.pmc.filters import FilterConfig, caption_problem, caption_word_count, size_problem
-from biomedclip.pmc.images import ImageConfig, normalize_image
+from biomedclip.pmc.images import ImageConfig, NormalizedImage, encode_rgb, normalize_image
 from biomedclip.pmc.jats import Article, Figure, parse_article
 from biomedclip.pmc.licenses import UNKNOWN, allowed
 from biomedclip.pmc.media import match_media
+from biomedclip.pmc.panels import Box, PanelConfig, detect_panels, pair_panels, read_panel_letters
 from biomedclip.pmc.skips import Skipped
 from biomedclip.pmc.sources import Package, Source
 from biomedclip.pmc.split import SplitConfig, assign_split
+from biomedclip.pmc.subcaptions import panel_inline_refs, split_caption
 
 log = logging.getLogger("biomedclip.pmc")
 KEY_SEPARATOR = "\x1f"
+PANEL_MODES = ("off", "add", "replace")  # compound figures: whole only | whole and panels | panels instead
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,12 @@ class PairConfig:
     images: ImageConfig = field(default_factory=ImageConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    panels: str = "add"
+    panel_detection: PanelConfig = field(default_factory=PanelConfig)
+
+    def __post_init__(self):
+        if self.panels not in PANEL_MODES:
+            raise ValueError(f"panels must be one of {PANEL_MODES}, not {self.panels!r}")
 
 
 @dataclass
@@ -105,7 +116,7 @@ def build_pairs(loaded: LoadedArticle, config: PairConfig) -> list[dict]:
     rows = []
     for figure in loaded.article.figures:
         rows.extend(_figure_rows(loaded, figure, config))
-    loaded.report.pairs = len(rows)
+    loaded.report.pairs = sum(row["publish"] for row in rows)
     return rows
 
 
@@ -118,7 +129,7 @@ def _figure_rows(loaded: LoadedArticle, figure: Figure, config: PairConfig) -> l
     for n, href in enumerate(figure.hrefs, 1):
         fig_id = figure.fig_id if n == 1 else f"{figure.fig_id}#{n}"
         try:
-            rows.append(_pair_row(loaded, figure, fig_id, href, config))
+            rows.extend(_pair_rows(loaded, figure, fig_id, href, config))
         except Skipped as problem:
             report.skip(problem, f"figure {fig_id} ({href})")
         except Exception as err:  # noqa: BLE001
@@ -126,7 +137,8 @@ def _figure_rows(loaded: LoadedArticle, figure: Figure, config: PairConfig) -> l
     return rows
 
 
-def _pair_row(loaded: LoadedArticle, figure: Figure, fig_id: str, href: str, config: PairConfig) -> dict:
+def _pair_rows(loaded: LoadedArticle, figure: Figure, fig_id: str, href: str, config: PairConfig) -> list[dict]:
+    """The whole figure's row, then its panels' rows when it is a compound figure split with certainty."""
     problem = caption_problem(figure.caption, config.filters)
     if problem:
         raise Skipped("caption_too_short", problem)
@@ -138,7 +150,7 @@ def _pair_row(loaded: LoadedArticle, figure: Figure, fig_id: str, href: str, con
     if problem:
         raise Skipped("image_too_small", problem)
     report, meta, article = loaded.report, loaded.package.metadata, loaded.article
-    return {
+    whole = {
         "pmcid": report.pmcid,
         "pmid": meta.pmid or article.pmid,
         "fig_id": fig_id,
@@ -154,8 +166,77 @@ def _pair_row(loaded: LoadedArticle, figure: Figure, fig_id: str, href: str, con
         "split": assign_split(report.pmcid, config.split),
         "sha256": image.sha256,
         "doi": meta.doi or article.doi,
+        "panel": None,
+        "parent_fig_id": None,
+        "panel_box": None,
         "pair_key": pair_key(report.pmcid, fig_id, report.ref),
         "caption_words": caption_word_count(figure.caption),
+        "parent_key": pair_key(report.pmcid, fig_id, report.ref),
+        "publish": True,
+    }
+    if config.panels == "off":
+        return [whole]
+    try:
+        panels = _panel_rows(loaded, whole, image, config)
+    except Exception as err:  # noqa: BLE001 - a bug in the panel split must not lose the whole figure
+        problem = Skipped("internal_error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
+        loaded.report.skip(problem, f"panels of figure {fig_id}")
+        panels = []
+    if panels and config.panels == "replace":
+        whole["publish"] = False
+    return [whole, *panels]
+
+
+def _panel_rows(loaded: LoadedArticle, whole: dict, image: NormalizedImage, config: PairConfig) -> list[dict]:
+    """One row per panel paired with its sub-caption; none when the caption names no panels or the pairing is
+    uncertain. Panels are cut from the normalised image; the split, licence and identifiers are the parent's, and of
+    its citing sentences those that name this panel or no panel."""
+    split = split_caption(whole["caption"])
+    if split is None:
+        return []
+    pixels = np.asarray(image.rgb)
+    boxes = detect_panels(pixels, config.panel_detection)
+    ocr = config.panel_detection.ocr and len(boxes) > 1
+    letters = read_panel_letters(pixels, boxes) if ocr else [None] * len(boxes)
+    rows = []
+    for letter, box in pair_panels(boxes, letters, split.letters) or []:
+        try:
+            rows.append(_panel_row(loaded, whole, image, letter, box, split.panels[letter], config))
+        except Skipped as problem:
+            loaded.report.skip(problem, f"panel {letter} of figure {whole['fig_id']}")
+    return rows
+
+
+def _panel_row(loaded: LoadedArticle, whole: dict, image: NormalizedImage, letter: str, box: Box, caption: str,
+               config: PairConfig) -> dict:
+    scale_x, scale_y = image.orig_width / image.width, image.orig_height / image.height
+    orig_box = [round(box[0] * scale_x), round(box[1] * scale_y), round(box[2] * scale_x), round(box[3] * scale_y)]
+    orig_width, orig_height = orig_box[2] - orig_box[0], orig_box[3] - orig_box[1]
+    problem = size_problem(orig_width, orig_height, config.filters)
+    if problem:
+        raise Skipped("panel_too_small", problem)
+    problem = caption_problem(caption, config.filters)
+    if problem:
+        raise Skipped("panel_caption_too_short", problem)
+    panel = encode_rgb(image.rgb.crop(box), orig_width, orig_height, config.images)
+    fig_id = f"{whole['fig_id']}/{letter}"
+    return {
+        **whole,
+        "fig_id": fig_id,
+        "caption": caption,
+        "inline_refs": "\n".join(panel_inline_refs(whole["inline_refs"].split("\n"), letter)),
+        "image": panel.jpeg,
+        "width": panel.width,
+        "height": panel.height,
+        "orig_width": orig_width,
+        "orig_height": orig_height,
+        "sha256": panel.sha256,
+        "panel": letter,
+        "parent_fig_id": whole["fig_id"],
+        "panel_box": orig_box,
+        "pair_key": pair_key(whole["pmcid"], fig_id, loaded.report.ref),
+        "caption_words": caption_word_count(caption),
+        "publish": True,
     }
 
 

@@ -1,5 +1,6 @@
-"""Dataset statistics like the paper's Figure 3: histograms of caption length and of original image size,
-accumulated per shard as small count tables and plotted as PNGs."""
+"""Dataset statistics like the paper's Figure 3: histograms of caption length and of original image size, and of
+panels per figure (compound figures split into panel pairs), accumulated per shard as small count tables and plotted
+as PNGs."""
 from __future__ import annotations
 
 from collections import Counter
@@ -12,7 +13,10 @@ SIZE_BIN = 64  # pixels
 MAX_SIZE = 8192
 
 
-def table_histograms(table: pa.Table) -> dict[str, dict[str, int]]:
+def table_histograms(staged: pa.Table) -> dict[str, dict[str, int]]:
+    """Of a unit's staged rows after the dedup: the published pairs' caption lengths and sizes, and the number of
+    panel pairs cut from each figure (0: used whole)."""
+    table = staged.filter(staged.column("publish"))
     words = Counter(min(n, MAX_CAPTION_WORDS) for n in table.column("caption_words").to_pylist())
     sizes = {}
     for column in ("orig_width", "orig_height"):
@@ -20,7 +24,14 @@ def table_histograms(table: pa.Table) -> dict[str, dict[str, int]]:
     return {
         "caption_words": {str(k): v for k, v in words.items()},
         **{column: {str(k): v for k, v in counts.items()} for column, counts in sizes.items()},
+        "panels_per_figure": {str(k): v for k, v in panels_per_figure(staged).items()},
     }
+
+
+def panels_per_figure(staged: pa.Table) -> Counter:
+    keys, parents = staged.column("pair_key").to_pylist(), staged.column("parent_key").to_pylist()
+    panels = Counter(parent for key, parent in zip(keys, parents) if key != parent)
+    return Counter(panels[key] for key, parent in zip(keys, parents) if key == parent)
 
 
 def merge_histograms(histograms: Iterable[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
@@ -66,4 +77,13 @@ def plot_histograms(histograms: dict[str, dict[str, int]]) -> dict[str, bytes]:
                label=column.replace("orig_", "original "))
     axis.set(xlabel=f"pixels ({SIZE_BIN}-px bins)", ylabel="pairs", title="Image size")
     axis.legend()
-    return {"caption_length.png": captions, "image_size.png": png(figure)}
+    sizes = png(figure)
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    counts = {int(k): v for k, v in histograms.get("panels_per_figure", {}).items()}
+    figures = sum(counts.values())
+    compound = sum(v for k, v in counts.items() if k >= 2) / figures if figures else 0.0
+    axis.bar(list(counts), list(counts.values()), color="tab:purple")
+    axis.set(xlabel="panel pairs cut from the figure (0: used whole)", ylabel="figures",
+             title=f"Panels per figure (compound share {compound:.1%} of {figures})")
+    return {"caption_length.png": captions, "image_size.png": sizes, "panels_per_figure.png": png(figure)}

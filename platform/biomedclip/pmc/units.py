@@ -94,7 +94,7 @@ def stage_unit(unit: Unit, source: Source, config: PairConfig, out: OutputStore,
         "unit": unit.name,
         "articles": len(reports),
         "figures": sum(r["figures"] for r in reports),
-        "pairs": len(rows),
+        "pairs": sum(row["publish"] for row in rows),
         "skipped": dict(skipped),
         "reports": reports,
     }
@@ -108,11 +108,17 @@ def final_marker(unit_name: str, losers: list[str]) -> str:
 
 
 def finalize_unit(unit_name: str, losers: list[str], out: OutputStore) -> dict:
-    """Writes the unit's published shards (one per split, duplicates dropped); returns (and writes) its marker."""
+    """Writes the unit's published shards (one per split, duplicates dropped with their panels); returns (and
+    writes) its marker."""
     unit_id = unit_name.partition("-")[0]
     table = out.read_table(staged_path(unit_name))
+    duplicates = 0
     if losers:
-        table = table.filter(pc.invert(pc.is_in(table.column("pair_key"), value_set=pa.array(losers, pa.string()))))
+        dropped = pc.is_in(table.column("parent_key"), value_set=pa.array(losers, pa.string()))
+        duplicates = table.filter(pc.and_(dropped, table.column("publish"))).num_rows
+        table = table.filter(pc.invert(dropped))
+    histograms = table_histograms(table)
+    table = table.filter(table.column("publish"))
     pairs = {}
     for split in SPLITS:
         part = table.filter(pc.equal(table.column("split"), split))
@@ -121,6 +127,6 @@ def finalize_unit(unit_name: str, losers: list[str], out: OutputStore) -> dict:
             out.write_table(shard_path(split, unit_id), part.select(PAIR_SCHEMA.names).cast(PAIR_SCHEMA))
         else:
             out.delete(shard_path(split, unit_id))
-    marker = {"unit": unit_name, "pairs": pairs, "duplicates": len(losers), "histograms": table_histograms(table)}
+    marker = {"unit": unit_name, "pairs": pairs, "duplicates": duplicates, "histograms": histograms}
     out.write_json(final_marker(unit_name, losers), marker)
     return marker

@@ -5,8 +5,11 @@ state what is visible) stored as JPEG, PNG, GIF or TIFF, hrefs mostly without ex
 - "s3": the PMC Cloud Service layout as local files (metadata/PMC{id}.1.json + PMC{id}.1/...), ~2% retracted;
 - "tar": legacy OA packages PMC{id}.tar.gz (with .gif thumbnails beside .jpg figures, as PMC ships them);
 - "folders": one folder per article.
-A few articles have no figures, and some reuse an earlier article's figure (exact duplicates for the dedup).
-`sample_truth.jsonl` at the root lists every figure's kind and facts.
+A few articles have no figures, and some reuse an earlier article's figure (exact duplicates for the dedup). A share
+of figures (`compound_share`, default 5%) are compound: 2-6 sample figures tiled with gutters and captioned per panel
+("(A) ...", "A, ...;", "Panel A: ..."); the decision uses its own random stream, so every other figure is the same
+as without them. `sample_truth.jsonl` at the root lists every figure's kind and facts (a compound figure's: its
+panels' letters, boxes, kinds and facts).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
+from biomedclip.samples.compound import render_compound
 from biomedclip.samples.figures import SampleFigure, render_figure
 
 FIRST_PMCID = 9_100_000
@@ -31,7 +35,9 @@ LICENSES = (("CC BY", "http://creativecommons.org/licenses/by/4.0/", 0.7),
             ("CC0", "http://creativecommons.org/publicdomain/zero/1.0/", 0.1),
             ("CC BY-NC", "http://creativecommons.org/licenses/by-nc/4.0/", 0.15), (None, None, 0.05))
 FORMATS = {"radiograph": ("jpg", "tif"), "ct": ("jpg", "png"), "histology": ("jpg", "tif"),
-           "fluorescence": ("jpg", "png"), "bar_chart": ("png", "gif"), "line_graph": ("png", "gif")}
+           "fluorescence": ("jpg", "png"), "bar_chart": ("png", "gif"), "line_graph": ("png", "gif"),
+           "compound": ("png", "jpg")}
+COMPOUND_KIND = "compound"
 
 
 @dataclass
@@ -51,16 +57,18 @@ class SampleArticle:
 
 
 def write_sample_corpus(output: str | Path, articles: int = 300, layout: Literal["s3", "tar", "folders"] = "s3",
-                        seed: int = 0, image_size: tuple[int, int] = (160, 256)) -> dict:
+                        seed: int = 0, image_size: tuple[int, int] = (160, 256), compound_share: float = 0.05) -> dict:
     """Writes the corpus under `output`; returns a summary (articles, figures, layout, path)."""
     if layout not in ("s3", "tar", "folders"):
         raise ValueError(f"layout must be s3, tar or folders, not {layout!r}")
+    if not 0 <= compound_share <= 1:
+        raise ValueError(f"compound_share must be in [0, 1], not {compound_share}")
     root = Path(output)
     root.mkdir(parents=True, exist_ok=True)
     writer = {"s3": _write_cloud, "tar": _write_archive, "folders": _write_folder}[layout]
     truth, earlier = [], deque(maxlen=REUSE_POOL)
     for index in range(articles):
-        article = make_article(index, seed, image_size, earlier)
+        article = make_article(index, seed, image_size, earlier, compound_share)
         writer(root, article)
         truth.extend({"pmcid": article.pmcid, "fig_id": f, "kind": fig.kind, "facts": fig.facts, "caption": fig.caption}
                      for f, _, fig, _ in article.figures)
@@ -68,7 +76,8 @@ def write_sample_corpus(output: str | Path, articles: int = 300, layout: Literal
     return {"articles": articles, "figures": len(truth), "layout": layout, "path": str(root)}
 
 
-def make_article(index: int, seed: int, image_size: tuple[int, int], earlier: deque) -> SampleArticle:
+def make_article(index: int, seed: int, image_size: tuple[int, int], earlier: deque,
+                 compound_share: float = 0.0) -> SampleArticle:
     rng = np.random.default_rng([seed, index])
     pmcid, slug = f"PMC{FIRST_PMCID + index}", f"synth-{seed}-{index:05d}"
     count = 0 if rng.random() < 0.02 else int(rng.integers(1, 4))
@@ -79,6 +88,9 @@ def make_article(index: int, seed: int, image_size: tuple[int, int], earlier: de
         else:
             size = tuple(int(rng.integers(image_size[0], image_size[1] + 1)) for _ in range(2))
             figure = render_figure(np.random.default_rng([seed, index, n]), size)
+            compound = np.random.default_rng([seed, index, n, 1])  # its own stream: other figures stay the same
+            if compound.random() < compound_share:
+                figure = _compound_figure(compound, image_size)
             ext = FORMATS[figure.kind][int(rng.random() < 0.25)]
             data = encode(figure, ext)
             earlier.append((figure, data, ext))
@@ -89,6 +101,15 @@ def make_article(index: int, seed: int, image_size: tuple[int, int], earlier: de
     license_index = int(rng.choice(len(LICENSES), p=[p for *_, p in LICENSES]))
     return SampleArticle(pmcid, 30_000_000 + index, f"10.5555/synth.{seed}.{index}", slug, LICENSES[license_index][:2],
                          bool(rng.random() < 0.02), figures, media, bool(rng.random() < 0.3))
+
+
+def _compound_figure(rng: np.random.Generator, image_size: tuple[int, int]) -> SampleFigure:
+    """A compound figure as a SampleFigure: panels of about the corpus's figure size, facts listing each panel."""
+    figure = render_compound(rng, panel_size=image_size)
+    panels = [{"letter": letter, "box": list(box), "kind": panel.kind, "facts": panel.facts}
+              for letter, box, panel in zip(figure.letters, figure.boxes, figure.panels)]
+    mention = f"The panels of {{ref}} compare {len(panels)} images."
+    return SampleFigure(COMPOUND_KIND, figure.image, figure.caption, mention, {"panels": panels})
 
 
 def encode(figure: SampleFigure, ext: str) -> bytes:
@@ -106,7 +127,8 @@ def encode(figure: SampleFigure, ext: str) -> bytes:
 
 
 TITLES = {"radiograph": "Chest radiograph", "ct": "Abdominal CT", "histology": "Histology",
-          "fluorescence": "Fluorescence microscopy", "bar_chart": "Group comparison", "line_graph": "Time course"}
+          "fluorescence": "Fluorescence microscopy", "bar_chart": "Group comparison", "line_graph": "Time course",
+          COMPOUND_KIND: "Panels"}
 
 
 def _citation(fig_id: str, figure: SampleFigure) -> str:

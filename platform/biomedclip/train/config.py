@@ -21,10 +21,20 @@ class DataSection:
     preserve_order: bool = True  # deterministic block order and split, so a resumed epoch sees the same rows
     tokenizer_dir: str | None = None  # None: train a WordPiece vocabulary on the train captions at job start
     vocab_size: int = 30522  # size of the trained vocabulary
+    # Texts a training image is paired with: the caption, and the article's sentences citing the figure. With both,
+    # each step reads a row with one drawn at random; text_concat appends the citing sentences to the caption instead.
+    text_views: list[str] = field(default_factory=lambda: ["caption"])
+    text_concat: bool = False
 
     def __post_init__(self) -> None:
         if self.micro_batch <= 0:
             raise ConfigError(f"data.micro_batch: must be positive, got {self.micro_batch}")
+        if "caption" not in self.text_views or not set(self.text_views) <= {"caption", "inline_refs"}:
+            raise ConfigError(f"data.text_views: {self.text_views} must hold caption, optionally inline_refs")
+        if len(set(self.text_views)) != len(self.text_views):
+            raise ConfigError(f"data.text_views: {self.text_views} repeats a view")
+        if self.text_concat and "inline_refs" not in self.text_views:
+            raise ConfigError("data.text_concat: needs inline_refs in data.text_views")
 
 
 @dataclass(frozen=True)

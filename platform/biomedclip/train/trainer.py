@@ -125,7 +125,8 @@ def run_pretraining(cfg: PretrainConfig, progress: Callable[[str], None] = print
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, text=text))
     datasets = training_datasets(cfg.data.path, tokenizer, cfg.model.vision.image_size, augment=cfg.data.augment,
                                  s3_endpoint=cfg.data.s3_endpoint, batch_size=cfg.data.map_batch_size,
-                                 tasks=cfg.data.map_tasks)
+                                 tasks=cfg.data.map_tasks, text_views=tuple(cfg.data.text_views),
+                                 concat=cfg.data.text_concat)
     warn_if_data_starves(cfg, progress)
     progress(f"training {cfg.train.epochs} epochs on {cfg.run.num_workers} workers (vocabulary {tokenizer.vocab_size})")
     with remote_bar("training", unit="step", show=show_bar) as board:
