@@ -22,9 +22,9 @@ import ray
 from biomedclip.data.extract import ExtractConfig, run_extraction
 from biomedclip.pmc.images import ImageConfig, normalize_image
 from biomedclip.pmc.pairs import load_article
-from biomedclip.samples.corpus import write_sample_corpus
 from biomedclip.pmc.skips import Skipped
 from biomedclip.pmc.sources import Source, SourceConfig
+from biomedclip.samples.corpus import write_sample_corpus
 
 
 def figure_images(corpus: Path) -> list[bytes]:

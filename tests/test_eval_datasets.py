@@ -11,7 +11,13 @@ import pytest
 from PIL import Image
 
 from biomedclip.evaluate.datasets import (
-    DataConfig, DatasetError, PCamDataset, csv_dataset, detect_format, folder_dataset, open_dataset, rsna_dataset,
+    DataConfig,
+    DatasetError,
+    PCamDataset,
+    csv_dataset,
+    detect_format,
+    folder_dataset,
+    open_dataset,
     rsna_labels,
 )
 from biomedclip.evaluate.dicom import read_dicom_rgb

@@ -5,7 +5,12 @@ from PIL import Image
 from sklearn import metrics as sk
 
 from biomedclip.evaluate.metrics import (
-    accuracy, binary_auroc, classification_metrics, confusion_matrix, macro_f1, per_class_recall,
+    accuracy,
+    binary_auroc,
+    classification_metrics,
+    confusion_matrix,
+    macro_f1,
+    per_class_recall,
 )
 from biomedclip.evaluate.report import plot_confusion_matrix, plot_linear_probe, plot_recall_at_k
 

@@ -18,10 +18,10 @@ from PIL import Image
 
 from biomedclip.data.extract import ExtractConfig, ExtractError, run_extraction
 from biomedclip.pmc.pairs import PairConfig, build_pairs, load_article
-from biomedclip.samples.corpus import write_sample_corpus
 from biomedclip.pmc.schema import PAIR_SCHEMA
 from biomedclip.pmc.sources import Source, SourceConfig
 from biomedclip.pmc.split import SPLITS
+from biomedclip.samples.corpus import write_sample_corpus
 
 # Figure image files present per real article (pmc/INDEX.md); every other article has XML only.
 REAL_PAIRS = {"elife-00353": 1, "elife-19405": 1, "elife-32671-texture": 5, "scielo-bjmbr-37-04-459": 7}

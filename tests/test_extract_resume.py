@@ -12,9 +12,9 @@ import pyarrow.dataset as pads
 import pytest
 
 from biomedclip.data.extract import ExtractConfig, run_extraction
-from biomedclip.samples.corpus import write_sample_corpus
 from biomedclip.pmc.sources import SourceConfig
 from biomedclip.pmc.split import SPLITS
+from biomedclip.samples.corpus import write_sample_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,10 +15,10 @@ import pytest
 from biomedclip.pmc.archives import ArchiveLimits, read_tar_gz
 from biomedclip.pmc.media import match_media
 from biomedclip.pmc.pairs import PairConfig, build_pairs, load_article
-from biomedclip.samples.corpus import write_sample_corpus
 from biomedclip.pmc.skips import Skipped
 from biomedclip.pmc.sources import Source, SourceConfig
 from biomedclip.pmc.stores import key_from_url, safe_key
+from biomedclip.samples.corpus import write_sample_corpus
 
 NXML = (b'<article xmlns:xlink="http://www.w3.org/1999/xlink"><front><article-meta>'
         b'<article-id pub-id-type="pmc">123</article-id></article-meta></front><body>'

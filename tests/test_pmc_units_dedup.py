@@ -8,10 +8,10 @@ import pyarrow.dataset as pads
 
 from biomedclip.pmc.dedup import bucket_losers, write_group_buckets
 from biomedclip.pmc.pairs import PairConfig
-from biomedclip.samples.corpus import write_sample_corpus
 from biomedclip.pmc.sources import Source, SourceConfig
 from biomedclip.pmc.storage import OutputStore
 from biomedclip.pmc.units import Unit, finalize_unit, plan_units, prefetched, stage_unit, staged_path
+from biomedclip.samples.corpus import write_sample_corpus
 
 
 def test_units_are_named_by_position_and_content():

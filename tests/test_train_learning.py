@@ -10,9 +10,9 @@ import pytest
 
 from biomedclip.config import load_config
 from biomedclip.data.extract import ExtractConfig, run_extraction
-from biomedclip.samples.corpus import write_sample_corpus
 from biomedclip.pmc.sources import SourceConfig
 from biomedclip.pmc.split import SplitConfig
+from biomedclip.samples.corpus import write_sample_corpus
 from biomedclip.train.config import PretrainConfig
 from biomedclip.train.trainer import run_pretraining
 

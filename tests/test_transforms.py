@@ -8,7 +8,12 @@ import pytest
 from PIL import Image
 
 from biomedclip.model.transforms import (
-    OPENAI_MEAN, OPENAI_STD, TRAIN_CROP_RATIO, TRAIN_CROP_SCALE, random_crop_box, train_transform,
+    OPENAI_MEAN,
+    OPENAI_STD,
+    TRAIN_CROP_RATIO,
+    TRAIN_CROP_SCALE,
+    random_crop_box,
+    train_transform,
 )
 
 

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from biomedclip.vqa.datasets import load_vqa_rad
 from biomedclip.samples.vqa import Question, derive_questions, modality_of, write_vqa_set
+from biomedclip.vqa.datasets import load_vqa_rad
 from tests.vqa_helpers import synthetic_rows, write_corpus_parquet
 
 

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from xml.etree.ElementTree import Element
 
-from biomedclip.pmc.jats_text import clean, citing_sentences, flat_text, flatten
+from biomedclip.pmc.jats_text import citing_sentences, clean, flat_text, flatten
 from biomedclip.pmc.licenses import license_code
 from biomedclip.pmc.safe_xml import parse_xml
 from biomedclip.pmc.skips import Skipped

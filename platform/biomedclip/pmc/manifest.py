@@ -12,7 +12,7 @@ class ManifestBuilder:
     def __init__(self):
         self.articles = self.figures = self.extracted = 0
         self.skipped: Counter = Counter()
-        self.pairs: Counter = Counter({split: 0 for split in SPLITS})
+        self.pairs: Counter = Counter(dict.fromkeys(SPLITS, 0))
         self.histograms: list[dict] = []
 
     def add_staged(self, marker: dict) -> list[bytes]:

@@ -140,7 +140,7 @@ class Source:
             try:
                 files = read_tar_gz(data, wanted.__contains__, self.config.archive).files
             except Skipped as err:
-                return {name: err for name in names}
+                return dict.fromkeys(names, err)
             too_large = f"larger than {self.config.archive.max_member_bytes} bytes"
             return {n: files.get(n, Skipped("image_too_large", f"member {n} is {too_large}")) for n in names}
 

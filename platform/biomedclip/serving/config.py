@@ -112,7 +112,7 @@ class ServingConfig:
     def default_model_id(self) -> str:
         return self.default_model or next(iter(self.models))
 
-    def resolved(self, base_dir: str | Path) -> "ServingConfig":
+    def resolved(self, base_dir: str | Path) -> ServingConfig:
         """Applies the env overrides (model and VQA directories) and makes artifact paths absolute."""
         models = dict(self.models)
         if os.environ.get(MODEL_DIR_ENV):

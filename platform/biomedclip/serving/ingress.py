@@ -18,8 +18,16 @@ from biomedclip.serving.auth import check_api_key, read_api_key
 from biomedclip.serving.config import ServingConfig
 from biomedclip.serving.errors import RequestError, install_error_handlers
 from biomedclip.serving.parsing import parse_embed, parse_vqa, parse_zero_shot
-from biomedclip.serving.schemas import (EmbedJson, EmbedResponse, ErrorResponse, ModelsResponse, VqaJson,
-                                        VqaResponse, ZeroShotJson, ZeroShotResponse)
+from biomedclip.serving.schemas import (
+    EmbedJson,
+    EmbedResponse,
+    ErrorResponse,
+    ModelsResponse,
+    VqaJson,
+    VqaResponse,
+    ZeroShotJson,
+    ZeroShotResponse,
+)
 
 logger = logging.getLogger("ray.serve")
 HEALTH_TIMEOUT_S = 10.0

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer as FastTokenizer
-from tokenizers.processors import BertProcessing
 from tokenizers.implementations import BertWordPieceTokenizer
+from tokenizers.processors import BertProcessing
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -46,7 +46,7 @@ class Tokenizer:
         return any(step.get("type") == "Lowercase" or step.get("lowercase", False) for step in steps)
 
     @classmethod
-    def load(cls, directory: str | Path, context_length: int) -> "Tokenizer":
+    def load(cls, directory: str | Path, context_length: int) -> Tokenizer:
         """Loads `tokenizer.json`, or else `vocab.txt` (+ `do_lower_case` from tokenizer_config.json)."""
         directory = Path(directory)
         if (directory / "tokenizer.json").is_file():
@@ -59,7 +59,7 @@ class Tokenizer:
         return cls(backend._tokenizer, context_length)
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int, context_length: int, min_frequency: int = 2) -> "Tokenizer":
+    def train(cls, texts: Iterable[str], vocab_size: int, context_length: int, min_frequency: int = 2) -> Tokenizer:
         """Learns a WordPiece vocabulary. Ties may be ordered differently in another process: train once, then save."""
         backend = BertWordPieceTokenizer(lowercase=True)
         backend.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency,

@@ -8,7 +8,7 @@ RECALL_KS = (1, 5, 10)
 
 def recall_at_k(query: torch.Tensor, keys: torch.Tensor, ks=RECALL_KS, chunk: int = 1024) -> dict[int, float]:
     """Fraction of queries whose own key (same index) ranks in the top k by cosine similarity (ties count against)."""
-    hits = {k: 0 for k in ks}
+    hits = dict.fromkeys(ks, 0)
     for start in range(0, len(query), chunk):
         sims = query[start:start + chunk] @ keys.T
         own = sims[torch.arange(len(sims)), torch.arange(start, start + len(sims))]

@@ -6,9 +6,9 @@ saved in the run's output directory; the model's vocabulary follows it. Checkpoi
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import ray
 import ray.train

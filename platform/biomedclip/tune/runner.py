@@ -2,9 +2,9 @@
 interrupted one with the same name (finished trials are kept, unfinished ones continue), then the results."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import ray
 from ray import tune

@@ -59,7 +59,7 @@ class AnswerVocab:
         self._index = {answer: i for i, answer in enumerate(self.answers)}
 
     @classmethod
-    def from_answers(cls, answers: Iterable[object]) -> "AnswerVocab":
+    def from_answers(cls, answers: Iterable[object]) -> AnswerVocab:
         counts = Counter(normalize_answer(a) for a in answers)
         return cls(sorted(counts, key=lambda answer: (-counts[answer], answer)))
 
@@ -79,7 +79,7 @@ class AnswerVocab:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "AnswerVocab":
+    def load(cls, path: str | Path) -> AnswerVocab:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         if not isinstance(data, dict) or not isinstance(data.get("answers"), list):
             raise AnswerError(f"{path}: expected {{\"answers\": [...]}}")

@@ -32,7 +32,7 @@ class AccuracyCounts:
                             dtype=torch.float64)
 
     @classmethod
-    def from_tensor(cls, values: torch.Tensor) -> "AccuracyCounts":
+    def from_tensor(cls, values: torch.Tensor) -> AccuracyCounts:
         return cls(*(int(round(v)) for v in values.tolist()))
 
     def to_metrics(self) -> dict[str, float | int | None]:
