@@ -16,6 +16,7 @@ import numpy as np
 import ray
 import torch
 
+from biomedclip import progress
 from biomedclip.evaluate.datasets import Problem
 from biomedclip.evaluate.retrieval import first_occurrence
 from biomedclip.inference import Predictor
@@ -131,7 +132,8 @@ def embed_dataset(artifact_dir: str | Path, dataset, config: EmbedConfig | None 
     if not samples:
         raise ValueError("the dataset holds no samples: " + "; ".join(map(str, dataset.problems[:5])))
     indices = ray.data.range(len(samples))
-    out = _collect(_map(indices, DatasetEmbedder, {"artifact_dir": str(artifact_dir), "dataset": dataset}, config))
+    out = _collect(_map(indices, DatasetEmbedder, {"artifact_dir": str(artifact_dir), "dataset": dataset}, config),
+                   total=len(samples))
     order = np.argsort(out["id"], kind="stable")
     ids, features, errors = out["id"][order], out["embedding"][order], out["error"][order]
     ok = errors == ""
@@ -158,9 +160,12 @@ def _map(dataset: ray.data.Dataset, embedder: type, kwargs: dict, config: EmbedC
     )
 
 
-def _collect(dataset: ray.data.Dataset) -> dict[str, np.ndarray]:
+def _collect(dataset: ray.data.Dataset, total: int | None = None) -> dict[str, np.ndarray]:
+    """The embedded batches, gathered in the driver behind one progress bar (`total` examples, when known)."""
     parts: dict[str, list[np.ndarray]] = defaultdict(list)
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        for name, column in batch.items():
-            parts[name].append(column)
+    with progress.bar(total=total, desc="embedding", unit="example") as bar:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            for name, column in batch.items():
+                parts[name].append(column)
+            bar.update(len(next(iter(batch.values()))))
     return {name: np.concatenate(columns) for name, columns in parts.items()}
