@@ -1,6 +1,7 @@
 """Small builders shared by tests: a tiny model config and real captions/images from the shared samples."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from pathlib import Path
 
@@ -44,3 +45,12 @@ def load_job(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def open_clip_model(directory: Path):
+    """open_clip's (model, train preprocess, eval preprocess) from an export. open_clip builds the BERT from the
+    export's `hf_model_name` ".", which transformers resolves against the working directory: load from inside it."""
+    import open_clip
+
+    with contextlib.chdir(directory):
+        return open_clip.create_model_and_transforms(f"local-dir:{Path(directory).resolve()}")

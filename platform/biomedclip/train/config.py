@@ -27,6 +27,9 @@ class DataSection:
             raise ConfigError(f"data.micro_batch: must be positive, got {self.micro_batch}")
 
 
+TOWERS = ("visual", "text")
+
+
 @dataclass
 class TrainSection:
     epochs: int = 32
@@ -36,8 +39,19 @@ class TrainSection:
     bf16: bool = False
     seed: int = 0
     log_every_steps: int = 10
+    # Start a new run (step 0, fresh optimiser and schedule) from a trained model: an artifact directory, an open_clip
+    # directory (our export, or BiomedCLIP's hub snapshot on disk) or a weights file. Resuming is not this: a run
+    # with checkpoints continues from its last one.
+    init_from: str | None = None
+    frozen_towers: list[str] = field(default_factory=list)  # "visual" and/or "text": kept as initialised
+    eval_at_start: bool = False  # validate the starting model before the first step (logged at step 0)
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.frozen_towers) - set(TOWERS))
+        if unknown:
+            raise ConfigError(f"train.frozen_towers: {unknown} (choose from {', '.join(TOWERS)})")
+        if len(self.frozen_towers) == len(TOWERS):
+            raise ConfigError("train.frozen_towers: freezing both towers leaves only the temperature to train")
         if self.epochs <= 0:
             raise ConfigError(f"train.epochs: must be positive, got {self.epochs}")
         if not 0 <= self.unmasked_epochs <= self.epochs:
@@ -77,3 +91,14 @@ class PretrainConfig:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     run: RunSection = field(default_factory=RunSection)
+
+
+def check_initialisation(cfg: PretrainConfig) -> None:
+    """Refuses a recipe that needs a pretrained text tower when none is given (rather than silently training a
+    vocabulary from scratch). A run started from a trained model (`train.init_from`) has its text tower already."""
+    text = cfg.model.text
+    if text.require_pretrained and not text.pretrained and not cfg.train.init_from:
+        raise ConfigError(
+            "model.text.pretrained: this recipe starts the text tower from PubMedBERT; download "
+            "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract (config.json, weights, vocab.txt) and pass "
+            "--set model.text.pretrained=DIR, or train from scratch with jobs/configs/paper_scratch.yaml")

@@ -16,13 +16,16 @@ import ray.train
 from ray.data import DataContext
 from ray.train.torch import TorchTrainer
 
-from biomedclip.config import to_dict
+from biomedclip.config import ConfigError, to_dict
 from biomedclip.data.train_input import count_rows, filesystem_for, iter_captions, training_datasets
-from biomedclip.model.artifact import load_artifact, save_artifact
+from biomedclip.model.artifact import (TOKENIZER_DIR, TOKENIZER_FILES, load_artifact, save_artifact, tokenizer_dir_of,
+                                       weights_of)
+from biomedclip.model.checkpoint import WORD_EMBEDDINGS_KEY, read_state_dict
+from biomedclip.model.pretrained import initial_model
 from biomedclip.model.export import export_open_clip
 from biomedclip.text import Tokenizer
 from biomedclip.train import curriculum
-from biomedclip.train.config import PretrainConfig
+from biomedclip.train.config import PretrainConfig, check_initialisation
 from biomedclip.train.loop import train_loop_per_worker
 from biomedclip.train.tracking import require_mlflow
 
@@ -35,12 +38,13 @@ class PretrainResult:
 
 
 def prepare_tokenizer(cfg: PretrainConfig, output_dir: Path, progress: Callable[[str], None]) -> Tokenizer:
-    """The configured tokenizer, else the run's own from an earlier start (WordPiece training is not reproducible,
-    and a resumed run must keep its vocabulary), else one trained on the train captions now."""
+    """The tokenizer the starting weights were trained with (`train.init_from`, `model.text.pretrained`), else the
+    configured one, else the run's own from an earlier start (WordPiece training is not reproducible, and a resumed
+    run must keep its vocabulary), else one trained on the train captions now."""
     context = cfg.model.text.context_length
     saved = output_dir / "tokenizer"
-    if cfg.data.tokenizer_dir or (saved / "tokenizer.json").is_file():
-        source = Path(cfg.data.tokenizer_dir or saved)
+    source = tokenizer_source(cfg, saved)
+    if source is not None:
         progress(f"tokenizer: {source}")
         tokenizer = Tokenizer.load(source, context)
     else:
@@ -48,6 +52,46 @@ def prepare_tokenizer(cfg: PretrainConfig, output_dir: Path, progress: Callable[
         tokenizer = Tokenizer.train(iter_captions(cfg.data.path, cfg.data.s3_endpoint), cfg.data.vocab_size, context)
     tokenizer.save(saved)
     return tokenizer
+
+
+def tokenizer_source(cfg: PretrainConfig, saved: Path) -> Path | None:
+    if cfg.train.init_from:
+        source = tokenizer_dir_of(cfg.train.init_from) or cfg.data.tokenizer_dir
+        if source is None:
+            raise ConfigError(
+                f"train.init_from: {cfg.train.init_from} carries no tokenizer (none of "
+                f"{', '.join(f'{TOKENIZER_DIR}/{name}' for name in TOKENIZER_FILES)}, {', '.join(TOKENIZER_FILES)}); "
+                "set data.tokenizer_dir to the tokenizer that model was trained with")
+        return Path(source)
+    if cfg.model.text.pretrained:
+        return Path(cfg.model.text.pretrained)
+    if cfg.data.tokenizer_dir or (saved / "tokenizer.json").is_file():
+        return Path(cfg.data.tokenizer_dir or saved)
+    return None
+
+
+def initial_state(cfg: PretrainConfig, progress: Callable[[str], None]) -> dict | None:
+    """The starting weights of a new run, built once on the driver (every rank then loads the same ones), or None
+    for a random start. The model config's vocabulary is the run tokenizer's by now."""
+    init_from, text, vision = cfg.train.init_from, cfg.model.text, cfg.model.vision
+    if not (init_from or text.pretrained or vision.pretrained):
+        return None
+    init_state = None
+    if init_from:
+        init_state = read_state_dict(weights_of(init_from))
+        check_vocabulary(init_state, text.vocab, f"train.init_from {init_from}")
+        progress(f"starting from {init_from}")
+    else:
+        progress("starting from " + ", ".join(f"{what} {path}" for what, path in (
+            ("model.text.pretrained", text.pretrained), ("model.vision.pretrained", vision.pretrained)) if path))
+    return initial_model(cfg.model, init_state).state_dict()
+
+
+def check_vocabulary(state: dict, tokenizer_size: int, source: str) -> None:
+    rows = state.get(WORD_EMBEDDINGS_KEY)
+    if rows is not None and rows.shape[0] != tokenizer_size:
+        raise ConfigError(f"{source}: its text embeddings have {rows.shape[0]} rows but the run's tokenizer has "
+                          f"{tokenizer_size} tokens; use the tokenizer that model was trained with")
 
 
 def check_curriculum(cfg: PretrainConfig, train_rows: int) -> None:
@@ -74,7 +118,9 @@ def warn_if_data_starves(cfg: PretrainConfig, progress: Callable[[str], None]) -
 
 
 def build_trainer(cfg: PretrainConfig, tokenizer: Tokenizer, datasets: dict, train_rows: int,
-                  callbacks: Sequence[ray.train.UserCallback] = ()) -> TorchTrainer:
+                  callbacks: Sequence[ray.train.UserCallback] = (), initial: ray.ObjectRef | None = None
+                  ) -> TorchTrainer:
+    """`initial`: the starting weights in the object store (see `initial_state`), read by every worker of a new run."""
     run = cfg.run
     storage_fs, storage_path = filesystem_for(run.storage_path or str(Path(run.output_dir) / "checkpoints"),
                                               run.s3_endpoint)
@@ -84,7 +130,7 @@ def build_trainer(cfg: PretrainConfig, tokenizer: Tokenizer, datasets: dict, tra
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_dict(cfg), "tokenizer_json": tokenizer.backend.to_str(),
-                           "train_rows": train_rows},
+                           "train_rows": train_rows, "initial_state": initial},
         scaling_config=ray.train.ScalingConfig(num_workers=low if low == high else (low, high), use_gpu=run.use_gpu,
                                                resources_per_worker={"CPU": run.cpus_per_worker}),
         run_config=ray.train.RunConfig(
@@ -110,6 +156,7 @@ def run_pretraining(cfg: PretrainConfig, progress: Callable[[str], None] = print
     """`callbacks` run on the Train controller (e.g. a sweep's forwarding of each report to Ray Tune)."""
     output_dir = Path(cfg.run.output_dir).resolve()
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(output_dir)))
+    check_initialisation(cfg)
     if cfg.run.mlflow_tracking_uri:
         require_mlflow()
     data_context = DataContext.get_current()
@@ -124,9 +171,12 @@ def run_pretraining(cfg: PretrainConfig, progress: Callable[[str], None] = print
     datasets = training_datasets(cfg.data.path, tokenizer, cfg.model.vision.image_size, augment=cfg.data.augment,
                                  s3_endpoint=cfg.data.s3_endpoint, batch_size=cfg.data.map_batch_size,
                                  tasks=cfg.data.map_tasks)
+    state = initial_state(cfg, progress)
+    initial = None if state is None else ray.put(state)
+    del state  # the object store holds it now
     warn_if_data_starves(cfg, progress)
     progress(f"training {cfg.train.epochs} epochs on {cfg.run.num_workers} workers (vocabulary {tokenizer.vocab_size})")
-    result = build_trainer(cfg, tokenizer, datasets, train_rows, callbacks).fit()
+    result = build_trainer(cfg, tokenizer, datasets, train_rows, callbacks, initial).fit()
     artifact = open_clip_dir = None
     if cfg.run.export and result.checkpoint is not None and cfg.run.stop_at_step is None:
         artifact, open_clip_dir = export_final(result.checkpoint, output_dir)
