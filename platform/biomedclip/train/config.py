@@ -43,6 +43,7 @@ class TrainSection:
     # directory (our export, or BiomedCLIP's hub snapshot on disk) or a weights file. Resuming is not this: a run
     # with checkpoints continues from its last one.
     init_from: str | None = None
+    require_init_from: bool = False  # the recipe fine-tunes (finetune.yaml): jobs refuse to start without init_from
     frozen_towers: list[str] = field(default_factory=list)  # "visual" and/or "text": kept as initialised
     eval_at_start: bool = False  # validate the starting model before the first step (logged at step 0)
 
@@ -94,8 +95,11 @@ class PretrainConfig:
 
 
 def check_initialisation(cfg: PretrainConfig) -> None:
-    """Refuses a recipe that needs a pretrained text tower when none is given (rather than silently training a
-    vocabulary from scratch). A run started from a trained model (`train.init_from`) has its text tower already."""
+    """Refuses a recipe that needs a starting model or a pretrained text tower when none is given (rather than
+    silently training from scratch). A run started from a trained model (`train.init_from`) has its text tower."""
+    if cfg.train.require_init_from and not cfg.train.init_from:
+        raise ConfigError("train.init_from: this recipe fine-tunes a trained model; pass --set train.init_from=DIR "
+                          "(BiomedCLIP's hub snapshot on disk, an open_clip export or a run's final/ artifact)")
     text = cfg.model.text
     if text.require_pretrained and not text.pretrained and not cfg.train.init_from:
         raise ConfigError(
