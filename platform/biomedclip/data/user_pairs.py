@@ -85,11 +85,13 @@ def pair_row(record: dict, base: Path, split: SplitConfig, image: ImageConfig, d
     }
 
 
-def convert_pairs(source: str | Path, output: str | Path, split: SplitConfig = SplitConfig(0.9, 0.1, 0.0),
-                  rows_per_file: int = 1000, image: ImageConfig = ImageConfig(),
+def convert_pairs(source: str | Path, output: str | Path, split: SplitConfig | None = None,
+                  rows_per_file: int = 1000, image: ImageConfig | None = None,
                   default_license: str = "unknown") -> ConversionReport:
-    """Writes `output/{train,val,test}/part-NNNNN.parquet`; image paths are relative to the input file's folder."""
+    """Writes `output/{train,val,test}/part-NNNNN.parquet` (default split 90% train, 10% val); image paths are
+    relative to the input file's folder."""
     source, output = Path(source), Path(output)
+    split, image = split or SplitConfig(0.9, 0.1, 0.0), image or ImageConfig()
     if rows_per_file < 1:
         raise ValueError(f"rows_per_file: must be positive, got {rows_per_file}")
     report = ConversionReport()

@@ -68,37 +68,49 @@ def export_open_clip(model: BiomedCLIP, tokenizer: Tokenizer, directory: str | P
     return directory
 
 
+CARD_HEADER = """---
+library_name: open_clip
+pipeline_tag: zero-shot-image-classification
+language: en
+license: other  # set the license your training data allows
+tags:
+- clip
+- biomedclip
+- biomedical
+- image-text
+---
+"""
+CARD_USE = """## Intended use
+Research on biomedical image-text retrieval, zero-shot classification and as a feature extractor. Not a medical
+device: not for diagnosis or any clinical decision.
+
+## How to load
+```python
+import open_clip  # run from this directory: the BERT config is found relative to the working directory
+model, _, preprocess = open_clip.create_model_and_transforms('local-dir:.')
+tokenizer = open_clip.get_tokenizer('local-dir:.')
+# or, from anywhere, with the biomedclip library:
+# from biomedclip.model.artifact import load_artifact; model, tokenizer = load_artifact('PATH/TO/THIS/DIR')
+```
+"""
+
+
 def model_card(model: BiomedCLIP, facts: dict) -> str:
     """A Hugging Face model card: YAML header, then architecture, data, recipe, evaluation and intended use."""
     cfg = model.config
-    recipe = facts.get("recipe") or {}
-    metrics = facts.get("metrics") or {}
-    lines = [
-        "---", "library_name: open_clip", "pipeline_tag: zero-shot-image-classification", "language: en",
-        "license: other  # set the license your training data allows", "tags:", "- clip", "- biomedclip",
-        "- biomedical", "- image-text", "---", "", "# BiomedCLIP-style CLIP model", "",
-        "## Architecture",
-        f"- image tower: {cfg.vision.preset} (timm `{timm_model_name(cfg.vision.preset, cfg.vision.image_size)}`), "
-        f"patch 16 at {cfg.vision.image_size}x{cfg.vision.image_size}, {count_parameters(model.visual):,} parameters",
-        f"- text tower: {cfg.text.preset} BERT, context {cfg.text.context_length}, vocabulary {cfg.text.vocab}, "
-        f"[CLS] pooling + MLP projection, {count_parameters(model.text):,} parameters",
-        f"- shared embedding: {cfg.embed_dim} dimensions, learned temperature "
-        f"(logit scale {model.logit_scale.exp().item():.2f})", "",
-        "## Training data", facts.get("data") or "Not recorded.", "",
-        "## Training recipe", *([f"- {key}: {value}" for key, value in recipe.items()] or ["Not recorded."]), "",
-        "## Evaluation",
-        *(["| metric | value |", "|---|---|", *(f"| {k} | {v:.4f} |" for k, v in metrics.items())] if metrics
-          else ["No evaluation figures were recorded with this export."]), "",
-        "## Intended use",
-        "Research on biomedical image-text retrieval, zero-shot classification and as a feature extractor. Not a "
-        "medical device: not for diagnosis or any clinical decision.", "",
-        "## How to load",
-        "```python",
-        "import open_clip  # run from this directory: the BERT config is found relative to the working directory",
-        "model, _, preprocess = open_clip.create_model_and_transforms('local-dir:.')",
-        "tokenizer = open_clip.get_tokenizer('local-dir:.')",
-        "# or, from anywhere, with the biomedclip library:",
-        "# from biomedclip.model.artifact import load_artifact; model, tokenizer = load_artifact('PATH/TO/THIS/DIR')",
-        "```", "",
+    trunk = timm_model_name(cfg.vision.preset, cfg.vision.image_size)
+    architecture = [
+        (f"- image tower: {cfg.vision.preset} (timm `{trunk}`), patch 16 at {cfg.vision.image_size} px, "
+         f"{count_parameters(model.visual):,} parameters"),
+        (f"- text tower: {cfg.text.preset} BERT, context {cfg.text.context_length}, vocabulary {cfg.text.vocab}, "
+         f"[CLS] pooling + MLP projection, {count_parameters(model.text):,} parameters"),
+        f"- shared embedding: {cfg.embed_dim} dimensions, logit scale {model.logit_scale.exp().item():.2f}",
     ]
-    return "\n".join(lines)
+    recipe = [f"- {key}: {value}" for key, value in (facts.get("recipe") or {}).items()] or ["Not recorded."]
+    metrics = facts.get("metrics") or {}
+    evaluation = (["| metric | value |", "|---|---|", *(f"| {k} | {v:.4f} |" for k, v in metrics.items())]
+                  if metrics else ["No evaluation figures were recorded with this export."])
+    sections = [("Architecture", architecture), ("Training data", [facts.get("data") or "Not recorded."]),
+                ("Training recipe", recipe), ("Evaluation", evaluation)]
+    body = "".join(f"## {title}\n" + "\n".join(lines) + "\n\n" for title, lines in sections)
+    return f"{CARD_HEADER}\n# BiomedCLIP-style CLIP model\n\n{body}{CARD_USE}"

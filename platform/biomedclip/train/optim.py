@@ -9,8 +9,9 @@ evenly over the data. `lr_scaling` multiplies a stage's learning rate by (its ba
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
