@@ -13,7 +13,7 @@ import sys
 
 from biomedclip.config import ConfigError, load_config
 from biomedclip.ray_runtime import connect_or_start
-from biomedclip.train.config import PretrainConfig
+from biomedclip.train.config import PretrainConfig, check_initialisation
 from biomedclip.train.trainer import run_pretraining, workers_cpus
 
 
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None):
     args = parse_args(argv)
     try:
         cfg = load_config(PretrainConfig, args.config, args.overrides)
+        check_initialisation(cfg)  # before Ray starts
     except ConfigError as err:
         sys.exit(f"config error: {err}")
     if not cfg.data.path:
