@@ -9,25 +9,29 @@ import json
 import math
 from pathlib import Path
 
+import boto3
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 from timm.layers import resample_abs_pos_embed
+from transformers import BertModel
 
 from biomedclip.config import ConfigError, load_config
 from biomedclip.data.user_pairs import PairsInputError, convert_pairs
+from biomedclip.model import TextConfig
 from biomedclip.model.artifact import save_artifact, tokenizer_dir_of, weights_of
 from biomedclip.model.checkpoint import POS_EMBED_KEY, read_state_dict
 from biomedclip.model.export import export_open_clip
 from biomedclip.model.pretrained import initial_model
+from biomedclip.model.text_tower import bert_config
 from biomedclip.pmc.schema import PAIR_SCHEMA
 from biomedclip.samples.figures import render_figure
 from biomedclip.train.config import PretrainConfig
 from biomedclip.train.optim import OptimConfig, cosine_with_warmup, lr_multipliers
 from biomedclip.train.step import accumulate_gradients
-from biomedclip.train.trainer import check_vocabulary, initial_state, prepare_tokenizer
+from biomedclip.train.trainer import check_vocabulary, initial_state, localize_sources, prepare_tokenizer
 from tests.helpers import load_job, tiny_config, train_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -165,3 +169,28 @@ def test_converter_writes_the_pair_schema_and_reports_bad_rows(tmp_path):
         convert_pairs(tmp_path / "bad.csv", tmp_path / "out_bad")
     assert load_job("make_pairs").main(["--input", str(tmp_path / "bad.csv"), "--output", str(tmp_path / "o")]) == 2
 
+
+
+def test_starting_weights_on_s3_are_copied_to_the_run_once(s3_server, tmp_path):
+    tokenizer = train_tokenizer(CAPTIONS * 3)
+    bert = tmp_path / "bert"
+    BertModel(bert_config(TextConfig("bert-tiny", 77, vocab_size=tokenizer.vocab_size))).save_pretrained(bert)
+    tokenizer.save(bert)
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="models")
+    for path in bert.iterdir():
+        s3.upload_file(str(path), "models", f"pubmedbert/{path.name}")
+    cfg = tiny_run(None, "model.text.pretrained=s3://models/pubmedbert", f"data.s3_endpoint={s3_server}")
+    local = localize_sources(cfg, tmp_path / "run", print)
+    copy = Path(local.model.text.pretrained)
+    assert copy.parent == tmp_path / "run" / "downloads"
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in bert.iterdir())
+    assert prepare_tokenizer(local, tmp_path / "run", print).backend.to_str() == tokenizer.backend.to_str()
+    local.model.text.vocab_size = tokenizer.vocab_size
+    assert torch.equal(initial_model(local.model).text.transformer.embeddings.word_embeddings.weight,
+                       BertModel.from_pretrained(bert).embeddings.word_embeddings.weight)
+    s3.delete_object(Bucket="models", Key="pubmedbert/config.json")
+    assert localize_sources(cfg, tmp_path / "run", print).model.text.pretrained == str(copy)  # not fetched again
+    with pytest.raises(ConfigError, match="s3://models/nothing: not found"):
+        localize_sources(tiny_run(None, "model.text.pretrained=s3://models/nothing",
+                                  f"data.s3_endpoint={s3_server}"), tmp_path / "run", print)

@@ -6,11 +6,13 @@ saved in the run's output directory; the model's vocabulary follows it. Checkpoi
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import pyarrow.fs as pafs
 import ray
 import ray.train
 from ray.data import DataContext
@@ -94,6 +96,35 @@ def check_vocabulary(state: dict, tokenizer_size: int, source: str) -> None:
                           f"{tokenizer_size} tokens; use the tokenizer that model was trained with")
 
 
+def localize_sources(cfg: PretrainConfig, output_dir: Path, progress: Callable[[str], None]) -> PretrainConfig:
+    """Starting weights on S3 (`model.text.pretrained`, `model.vision.pretrained`, `train.init_from`) copied once into
+    `<output_dir>/downloads/`. Only the driver reads them: workers get the weights from the object store."""
+    endpoint = cfg.data.s3_endpoint or cfg.run.s3_endpoint
+
+    def local(uri: str | None) -> str | None:
+        filesystem, path = filesystem_for(uri, endpoint) if uri else (None, uri)
+        if filesystem is None:
+            return uri
+        target = output_dir / "downloads" / path.replace("/", "_")
+        if not target.exists():  # a later start (resume) reuses the copy
+            kind = filesystem.get_file_info(path).type
+            if kind == pafs.FileType.NotFound:
+                raise ConfigError(f"{uri}: not found")
+            progress(f"downloading {uri} to {target}")
+            partial = target.with_name(target.name + ".partial")  # renamed when complete
+            shutil.rmtree(partial, ignore_errors=True)
+            (partial if kind == pafs.FileType.Directory else partial.parent).mkdir(parents=True, exist_ok=True)
+            pafs.copy_files(path, str(partial), source_filesystem=filesystem)
+            partial.rename(target)
+        return str(target)
+
+    model, train = cfg.model, cfg.train
+    return dataclasses.replace(
+        cfg, train=dataclasses.replace(train, init_from=local(train.init_from)),
+        model=dataclasses.replace(model, text=dataclasses.replace(model.text, pretrained=local(model.text.pretrained)),
+                                  vision=dataclasses.replace(model.vision, pretrained=local(model.vision.pretrained))))
+
+
 def check_curriculum(cfg: PretrainConfig, train_rows: int) -> None:
     """Refuses, before any worker starts, a schedule that some allowed worker count cannot run."""
     low, high = cfg.run.worker_range
@@ -165,6 +196,7 @@ def run_pretraining(cfg: PretrainConfig, progress: Callable[[str], None] = print
     train_rows = count_rows(cfg.data.path, "train", cfg.data.s3_endpoint)
     check_curriculum(cfg, train_rows)
     progress(f"{train_rows} training pairs")
+    cfg = localize_sources(cfg, output_dir, progress)
     tokenizer = prepare_tokenizer(cfg, output_dir, progress)
     text = dataclasses.replace(cfg.model.text, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, text=text))
