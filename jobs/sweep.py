@@ -14,6 +14,7 @@ import sys
 
 from biomedclip.config import ConfigError, load_config
 from biomedclip.ray_runtime import connect_or_start
+from biomedclip.train.config import check_initialisation
 from biomedclip.tune.config import SweepConfig
 from biomedclip.tune.resources import local_cpus
 from biomedclip.tune.runner import run_sweep
@@ -36,7 +37,7 @@ def load_sweep(path: str, overrides: list[str]) -> SweepConfig:
     pretrain = [item for item in overrides if item.startswith(PRETRAIN_SECTIONS)]
     sweep = load_config(SweepConfig, path, [item for item in overrides if item not in pretrain])
     sweep.base_overrides += pretrain
-    check_space(sweep, load_base(sweep))  # refuse a bad axis value before Ray starts
+    check_initialisation(check_space(sweep, load_base(sweep)))  # refuse a bad axis value before Ray starts
     return sweep
 
 
