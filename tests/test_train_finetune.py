@@ -119,7 +119,9 @@ def test_finetune_from_an_open_clip_snapshot_at_336_improves_recall_and_the_expo
     shutil.rmtree(tmp_path / "run")
     texts = [path for path in moved.iterdir() if path.suffix in (".json", ".md", ".txt")]
     assert not any(str(tmp_path) in path.read_text() for path in texts)
-    assert "library_name: open_clip" in (moved / "README.md").read_text()
+    card = (moved / "README.md").read_text()
+    assert "library_name: open_clip" in card and "started from (train.init_from): snapshot" in card
+    assert f"| val/i2t_R@5 | {history['val/i2t_R@5'][-1][1]:.4f} |" in card
     reference = open_clip_model(moved)[0].eval()
     ours, moved_tokenizer = load_artifact(moved)
     captions = [record["caption"] for record in records[:4]]

@@ -23,7 +23,7 @@ from biomedclip.data.user_pairs import PairsInputError, convert_pairs
 from biomedclip.model import TextConfig
 from biomedclip.model.artifact import save_artifact, tokenizer_dir_of, weights_of
 from biomedclip.model.checkpoint import POS_EMBED_KEY, read_state_dict
-from biomedclip.model.export import export_open_clip
+from biomedclip.model.export import export_open_clip, model_card
 from biomedclip.model.pretrained import initial_model
 from biomedclip.model.text_tower import bert_config
 from biomedclip.pmc.schema import PAIR_SCHEMA
@@ -31,7 +31,8 @@ from biomedclip.samples.figures import render_figure
 from biomedclip.train.config import PretrainConfig
 from biomedclip.train.optim import OptimConfig, cosine_with_warmup, lr_multipliers
 from biomedclip.train.step import accumulate_gradients
-from biomedclip.train.trainer import check_vocabulary, initial_state, localize_sources, prepare_tokenizer
+from biomedclip.train.trainer import (card_facts, check_vocabulary, initial_state, localize_sources,
+                                      prepare_tokenizer)
 from tests.helpers import load_job, tiny_config, train_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -194,3 +195,15 @@ def test_starting_weights_on_s3_are_copied_to_the_run_once(s3_server, tmp_path):
     with pytest.raises(ConfigError, match="s3://models/nothing: not found"):
         localize_sources(tiny_run(None, "model.text.pretrained=s3://models/nothing",
                                   f"data.s3_endpoint={s3_server}"), tmp_path / "run", print)
+
+
+def test_model_card_names_the_recipe_and_figures_but_no_paths(trained_224):
+    model, _, root = trained_224
+    cfg = tiny_run(root / "artifact", f"data.path={root / 'my_pairs'}")
+    card = model_card(model, card_facts(cfg, 560, {"val/i2t_R@1": 0.5, "epoch": 3, "train/loss": 1.0}))
+    header, _, body = card.removeprefix("---\n").partition("---\n")
+    assert "library_name: open_clip" in header and "pipeline_tag: zero-shot-image-classification" in header
+    for expected in ("560 training image-caption pairs (my_pairs)", "started from (train.init_from): artifact",
+                     "| val/i2t_R@1 | 0.5000 |", "global batch: 32 until epoch 12, 64", "## Intended use"):
+        assert expected in body, expected
+    assert str(root) not in card and "train/loss" not in card

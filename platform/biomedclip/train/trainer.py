@@ -80,6 +80,8 @@ def initial_state(cfg: PretrainConfig, progress: Callable[[str], None]) -> dict 
         return None
     init_state = None
     if init_from:
+        if text.pretrained or vision.pretrained:
+            progress("model.text/vision.pretrained are not used: train.init_from's weights replace both towers")
         init_state = read_state_dict(weights_of(init_from))
         check_vocabulary(init_state, text.vocab, f"train.init_from {init_from}")
         progress(f"starting from {init_from}")
@@ -174,12 +176,34 @@ def build_trainer(cfg: PretrainConfig, tokenizer: Tokenizer, datasets: dict, tra
     )
 
 
-def export_final(checkpoint: ray.train.Checkpoint, output_dir: Path) -> tuple[Path, Path]:
-    """The last checkpoint as a model artifact and in open_clip's local-dir layout."""
+def export_final(checkpoint: ray.train.Checkpoint, output_dir: Path, facts: dict | None = None) -> tuple[Path, Path]:
+    """The last checkpoint as a model artifact and in open_clip's local-dir layout (`facts`: its model card's)."""
     with checkpoint.as_directory() as directory:
         model, tokenizer = load_artifact(directory)
     artifact = save_artifact(model, tokenizer, output_dir / "final")
-    return artifact, export_open_clip(model, tokenizer, output_dir / "open_clip")
+    return artifact, export_open_clip(model, tokenizer, output_dir / "open_clip", facts)
+
+
+def card_facts(cfg: PretrainConfig, train_rows: int, metrics: dict) -> dict:
+    """What the model card says about data, recipe and evaluation: names, never the paths of this machine."""
+    train, optim = cfg.train, cfg.train.optim
+    starts = {"model.text.pretrained": cfg.model.text.pretrained, "model.vision.pretrained": cfg.model.vision.pretrained,
+              "train.init_from": train.init_from}
+    recipe = {
+        "epochs": train.epochs,
+        "global batch": ", ".join(f"{s.global_batch} until epoch {s.until_epoch}" if s.until_epoch else
+                                  f"{s.global_batch}" for s in train.curriculum),
+        "optimizer": f"AdamW betas {optim.betas}, eps {optim.eps:g}, lr {optim.lr:g}, weight decay {optim.weight_decay:g}",
+        "schedule": f"cosine over {optim.schedule_unit} after {optim.warmup_steps} warm-up steps, lr scaling "
+                    f"{optim.lr_scaling}",
+        "patch dropout": f"{cfg.model.vision.patch_dropout:g} (last {train.unmasked_epochs} epochs unmasked)",
+        "precision": "bf16" if train.bf16 else "fp32",
+        **{f"started from ({key})": Path(value).name for key, value in starts.items() if value},
+        **({"frozen towers": ", ".join(train.frozen_towers)} if train.frozen_towers else {}),
+    }
+    return {"data": f"{train_rows} training image-caption pairs ({Path(cfg.data.path.rstrip('/')).name}).",
+            "recipe": recipe,
+            "metrics": {k: v for k, v in metrics.items() if k.startswith("val/") and isinstance(v, float)}}
 
 
 def run_pretraining(cfg: PretrainConfig, progress: Callable[[str], None] = print,
@@ -211,6 +235,7 @@ def run_pretraining(cfg: PretrainConfig, progress: Callable[[str], None] = print
     result = build_trainer(cfg, tokenizer, datasets, train_rows, callbacks, initial).fit()
     artifact = open_clip_dir = None
     if cfg.run.export and result.checkpoint is not None and cfg.run.stop_at_step is None:
-        artifact, open_clip_dir = export_final(result.checkpoint, output_dir)
+        facts = card_facts(cfg, train_rows, result.metrics or {})
+        artifact, open_clip_dir = export_final(result.checkpoint, output_dir, facts)
         progress(f"exported {artifact} and {open_clip_dir}")
     return PretrainResult(result, artifact, open_clip_dir)
