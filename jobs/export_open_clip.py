@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> Path:
     if args.checkpoint is not None and args.checkpoint.is_file() and model.config.text.vocab != tokenizer.vocab_size:
         print(f"warning: the model's vocabulary ({model.config.text.vocab}) differs from the stand-in tokenizer's "
               f"({tokenizer.vocab_size}); token ids beyond it will not be produced")
-    directory = export_open_clip(model.eval(), tokenizer, args.output)
+    starts = {"model.text.pretrained": cfg.model.text.pretrained, "model.vision.pretrained": cfg.model.vision.pretrained}
+    facts = {"recipe": {f"initialised from ({key})": Path(value).name for key, value in starts.items() if value}}
+    directory = export_open_clip(model.eval(), tokenizer, args.output, facts if args.checkpoint is None else None)
     print(f"wrote {directory} (open_clip, from inside it: create_model_and_transforms('local-dir:.'))")
     return directory
 

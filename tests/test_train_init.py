@@ -31,8 +31,7 @@ from biomedclip.samples.figures import render_figure
 from biomedclip.train.config import PretrainConfig
 from biomedclip.train.optim import OptimConfig, cosine_with_warmup, lr_multipliers
 from biomedclip.train.step import accumulate_gradients
-from biomedclip.train.trainer import (card_facts, check_vocabulary, initial_state, localize_sources,
-                                      prepare_tokenizer)
+from biomedclip.train.trainer import card_facts, check_vocabulary, initial_state, localize_sources, prepare_tokenizer
 from tests.helpers import load_job, tiny_config, train_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent

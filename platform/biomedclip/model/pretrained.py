@@ -50,19 +50,23 @@ def check_bert_architecture(directory: str | Path, cfg: TextConfig) -> None:
 
 def read_bert_weights(directory: str | Path) -> dict[str, torch.Tensor]:
     """The encoder's weights under BertModel's names, pretraining heads dropped."""
-    directory = Path(directory)
-    files = [directory / name for name in BERT_WEIGHTS if (directory / name).is_file()][:1]
-    for index in (directory / name for name in BERT_SHARD_INDEXES):
-        if not files and index.is_file():
-            files = sorted({directory / shard for shard in json.loads(index.read_text())["weight_map"].values()})
-    if not files:
-        raise CheckpointError(f"model.text.pretrained: {directory} holds no weights "
-                              f"({', '.join(BERT_WEIGHTS + BERT_SHARD_INDEXES)})")
     state = {}
-    for path in files:
+    for path in _bert_weight_files(Path(directory)):
         state.update(read_state_dict(path))
     return {_bert_name(name): tensor for name, tensor in state.items()
             if not _bert_name(name).startswith(BERT_HEADS) and not name.endswith("position_ids")}
+
+
+def _bert_weight_files(directory: Path) -> list[Path]:
+    for name in BERT_WEIGHTS:
+        if (directory / name).is_file():
+            return [directory / name]
+    for name in BERT_SHARD_INDEXES:
+        if (directory / name).is_file():
+            shards = json.loads((directory / name).read_text())["weight_map"].values()
+            return sorted({directory / shard for shard in shards})
+    raise CheckpointError(f"model.text.pretrained: {directory} holds no weights "
+                          f"({', '.join(BERT_WEIGHTS + BERT_SHARD_INDEXES)})")
 
 
 def _bert_name(name: str) -> str:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import pyarrow.fs as pafs
 import ray
@@ -20,11 +20,17 @@ from ray.train.torch import TorchTrainer
 
 from biomedclip.config import ConfigError, to_dict
 from biomedclip.data.train_input import count_rows, filesystem_for, iter_captions, training_datasets
-from biomedclip.model.artifact import (TOKENIZER_DIR, TOKENIZER_FILES, load_artifact, save_artifact, tokenizer_dir_of,
-                                       weights_of)
+from biomedclip.model.artifact import (
+    TOKENIZER_DIR,
+    TOKENIZER_FILES,
+    load_artifact,
+    save_artifact,
+    tokenizer_dir_of,
+    weights_of,
+)
 from biomedclip.model.checkpoint import WORD_EMBEDDINGS_KEY, read_state_dict
-from biomedclip.model.pretrained import initial_model
 from biomedclip.model.export import export_open_clip
+from biomedclip.model.pretrained import initial_model
 from biomedclip.text import Tokenizer
 from biomedclip.train import curriculum
 from biomedclip.train.config import PretrainConfig, check_initialisation
