@@ -167,7 +167,8 @@ def test_paper_export_with_pubmedbert_has_biomedclips_exact_layout(realdata, tmp
     model_cfg["text_cfg"].update(hf_model_name=str(bert_dir), hf_tokenizer_name=str(bert_dir))
     reference = open_clip.CustomTextCLIP(**model_cfg).state_dict()
     with safe_open(str(export / "open_clip_model.safetensors"), framework="pt") as handle:
-        exported = {name: tuple(handle.get_slice(name).get_shape()) for name in handle}
+        names = handle.keys()  # safe_open is not iterable itself
+        exported = {name: tuple(handle.get_slice(name).get_shape()) for name in names}
         word_embeddings = handle.get_tensor("text.transformer.embeddings.word_embeddings.weight")
     assert exported == {name: tuple(tensor.shape) for name, tensor in reference.items()}
     assert exported["text.transformer.embeddings.word_embeddings.weight"] == (PUBMEDBERT_VOCAB, 768)
