@@ -2,11 +2,14 @@
 
     python jobs/export_open_clip.py --config jobs/configs/tiny.yaml --checkpoint demo_out/pretrain/final \
         --output demo_out/open_clip
-    python jobs/export_open_clip.py --config jobs/configs/paper.yaml --output paper_open_clip   # random weights
+    python jobs/export_open_clip.py --config jobs/configs/paper.yaml --set model.text.pretrained=PUBMEDBERT_DIR \
+        --output paper_open_clip   # BiomedCLIP's exact layout: PubMedBERT's 30522-token vocabulary
 
 --checkpoint is a model artifact directory (model.safetensors + tokenizer/, e.g. a pretraining checkpoint or its
-`final/`) or a bare .safetensors file. Without a checkpoint the model is randomly initialised from the config's `model:`
-section. Without a tokenizer (no artifact) a small vocabulary is trained on a few built-in captions.
+`final/`) or a bare .safetensors file. Without a checkpoint the model is built from the config's `model:` section: its
+towers from `model.text.pretrained` / `model.vision.pretrained` when given (the BERT directory's tokenizer then fixes
+the vocabulary), else randomly initialised. Without any tokenizer (no artifact, no pretrained BERT) a small vocabulary
+is trained on a few built-in captions.
 """
 from __future__ import annotations
 
@@ -40,21 +43,31 @@ def built_in_tokenizer(context_length: int) -> Tokenizer:
 
 def load(cfg: PretrainConfig, checkpoint: Path | None):
     """(model, tokenizer, description of where each came from)."""
-    from biomedclip.model import build_model, load_model
+    from biomedclip.model import load_model
     from biomedclip.model.artifact import load_artifact
+    from biomedclip.model.pretrained import initial_model
+    from biomedclip.text import Tokenizer
 
     if checkpoint is not None and checkpoint.is_dir():
         model, tokenizer = load_artifact(checkpoint)
         return model, tokenizer, f"model and tokenizer from {checkpoint}"
-    tokenizer = built_in_tokenizer(cfg.model.text.context_length)
+    text = cfg.model.text
+    if checkpoint is None and text.pretrained:
+        tokenizer = Tokenizer.load(text.pretrained, text.context_length)
+        return (initial_model(with_vocabulary(cfg, tokenizer).model), tokenizer,
+                f"model and tokenizer initialised from {text.pretrained}")
+    tokenizer = built_in_tokenizer(text.context_length)
     if checkpoint is not None:
         model = load_model(checkpoint)  # a bare .safetensors carries its config and vocabulary size
         return model, tokenizer, (f"model from {checkpoint}; NO tokenizer in a bare weights file: a "
                                   f"{tokenizer.vocab_size}-token vocabulary trained on built-in captions stands in")
+    return initial_model(with_vocabulary(cfg, tokenizer).model), tokenizer, (
+        f"randomly initialised model; tokenizer trained on built-in captions ({tokenizer.vocab_size} tokens)")
+
+
+def with_vocabulary(cfg: PretrainConfig, tokenizer: Tokenizer) -> PretrainConfig:
     text = dataclasses.replace(cfg.model.text, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id)
-    model = build_model(dataclasses.replace(cfg.model, text=text))
-    return model, tokenizer, f"randomly initialised model; tokenizer trained on built-in captions " \
-                             f"({tokenizer.vocab_size} tokens)"
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, text=text))
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,23 +81,29 @@ def run(args: argparse.Namespace) -> Path:
         cli.existing(args.checkpoint, "--checkpoint")
     # Libraries are imported here, not at the top: --help and usage errors answer at once.
     from biomedclip.model.export import export_open_clip
-    from biomedclip.train.config import PretrainConfig
+    from biomedclip.train.config import PretrainConfig, check_initialisation
 
     cfg = cli.load(PretrainConfig, args)
+    if args.checkpoint is None:
+        check_initialisation(cfg)
     model, tokenizer, source = load(cfg, args.checkpoint)
     print(source)
     if args.checkpoint is not None and args.checkpoint.is_file() and model.config.text.vocab != tokenizer.vocab_size:
         print(f"warning: the model's vocabulary ({model.config.text.vocab}) differs from the stand-in tokenizer's "
               f"({tokenizer.vocab_size}); token ids beyond it will not be produced")
-    directory = export_open_clip(model.eval(), tokenizer, args.output)
-    print(f"wrote {directory} (open_clip: create_model_and_transforms('local-dir:{directory}'))")
+    starts = {"model.text.pretrained": cfg.model.text.pretrained,
+              "model.vision.pretrained": cfg.model.vision.pretrained}
+    facts = {"recipe": {f"initialised from ({key})": Path(value).name for key, value in starts.items() if value}}
+    directory = export_open_clip(model.eval(), tokenizer, args.output, facts if args.checkpoint is None else None)
+    print(f"wrote {directory} (open_clip, from inside it: create_model_and_transforms('local-dir:.'))")
     return directory
 
 
 def user_errors() -> tuple[type[Exception], ...]:
     from biomedclip.model import CheckpointError
+    from biomedclip.text import TokenizerError
 
-    return (CheckpointError,)
+    return CheckpointError, TokenizerError
 
 
 JOB = cli.Job(__doc__, arguments, run, config_required=True, ray=False, user_errors=user_errors)

@@ -27,10 +27,11 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> PretrainResult:
     # Libraries are imported here, not at the top: --help and usage errors answer at once.
-    from biomedclip.train.config import PretrainConfig
+    from biomedclip.train.config import PretrainConfig, check_initialisation
     from biomedclip.train.trainer import run_pretraining, workers_cpus
 
     cfg = cli.load(PretrainConfig, args)
+    check_initialisation(cfg)  # before Ray starts
     if not cfg.data.path:
         raise cli.UsageError("data.path: set it to the extraction output (a directory or s3://bucket/prefix)")
     cli.existing(cfg.data.path, "data.path")

@@ -37,6 +37,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_sweep(path: str | None, overrides: list[str]) -> SweepConfig:
     """The sweep config; `--set` keys of the pretraining sections go to its base_overrides."""
+    from biomedclip.train.config import check_initialisation
     from biomedclip.tune.config import SweepConfig
     from biomedclip.tune.space import check_space, load_base
 
@@ -45,7 +46,7 @@ def load_sweep(path: str | None, overrides: list[str]) -> SweepConfig:
     pretrain = [item for item in overrides if item.startswith(PRETRAIN_SECTIONS)]
     sweep = load_config(SweepConfig, path, [item for item in overrides if item not in pretrain])
     sweep = dataclasses.replace(sweep, base_overrides=[*sweep.base_overrides, *pretrain])
-    check_space(sweep, load_base(sweep))  # refuse a bad axis value before Ray starts
+    check_initialisation(check_space(sweep, load_base(sweep)))  # refuse a bad axis value before Ray starts
     return sweep
 
 

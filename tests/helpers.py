@@ -1,6 +1,7 @@
 """Small builders shared by tests: a tiny model config and real captions/images from the shared samples."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import sys
@@ -57,3 +58,12 @@ def make_public_bucket(client, bucket: str) -> None:
         "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:HeadObject", "s3:ListBucket"],
         "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}
     client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+
+
+def open_clip_model(directory: Path):
+    """open_clip's (model, train preprocess, eval preprocess) from an export. open_clip builds the BERT from the
+    export's `hf_model_name` ".", which transformers resolves against the working directory: load from inside it."""
+    import open_clip
+
+    with contextlib.chdir(directory):
+        return open_clip.create_model_and_transforms(f"local-dir:{Path(directory).resolve()}")

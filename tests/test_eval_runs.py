@@ -30,7 +30,7 @@ from biomedclip.model import ModelConfig, TextConfig, VisionConfig, build_model,
 from biomedclip.model.artifact import load_artifact, save_artifact
 from biomedclip.model.export import export_open_clip
 from biomedclip.pmc.schema import PAIR_SCHEMA
-from tests.helpers import load_job, roco_captions, train_tokenizer
+from tests.helpers import load_job, open_clip_model, roco_captions, train_tokenizer
 from tests.test_eval_datasets import LUNG
 from tests.test_eval_retrieval import brute_force_ranks
 
@@ -252,7 +252,7 @@ def test_job_zeroshot_on_an_open_clip_checkpoint_equals_open_clip(ray_session, o
     report = json.loads((out / "zeroshot_lung-binary.json").read_text())
 
     # oracle: open_clip itself, on the same directory, with its own preprocessing and zero-shot classifier
-    reference, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{open_clip_dir}")
+    reference, _, preprocess = open_clip_model(open_clip_dir)
     reference.eval()
     task = load_task("lung-binary", tasks)
     paths, truth = known_rows(labelled_csv, task.labels)

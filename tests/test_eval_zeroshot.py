@@ -10,7 +10,7 @@ from biomedclip.evaluate.tasks import ZeroShotTask, caption_label, load_task, lo
 from biomedclip.inference import Predictor
 from biomedclip.model import ModelConfig, TextConfig, VisionConfig, build_model
 from biomedclip.model.export import export_open_clip
-from tests.helpers import roco_captions, train_tokenizer
+from tests.helpers import open_clip_model, roco_captions, train_tokenizer
 
 PAPER_TASKS = ("pcam", "lc25000-lung", "lc25000-colon", "tcga-til", "rsna-pneumonia")
 
@@ -24,7 +24,7 @@ def models(realdata, tmp_path_factory):
                          text=TextConfig("bert-tiny", 77, vocab_size=tokenizer.vocab_size))
     model = build_model(config).eval()
     directory = export_open_clip(model, tokenizer, tmp_path_factory.mktemp("open_clip"))
-    reference, _, _ = open_clip.create_model_and_transforms(f"local-dir:{directory}")
+    reference, _, _ = open_clip_model(directory)
     return Predictor(model, tokenizer), reference.eval(), open_clip.get_tokenizer(f"local-dir:{directory}")
 
 

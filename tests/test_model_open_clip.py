@@ -8,7 +8,7 @@ from PIL import Image
 from biomedclip.model import build_model, eval_transform, load_model, save_checkpoint
 from biomedclip.model.artifact import load_artifact
 from biomedclip.model.export import export_open_clip
-from tests.helpers import real_images, roco_captions, tiny_config, train_tokenizer
+from tests.helpers import open_clip_model, real_images, roco_captions, tiny_config, train_tokenizer
 
 BIOMEDCLIP_NAMES = ("visual.trunk.", "visual.head.proj.weight", "text.transformer.", "text.proj.0.weight",
                     "text.proj.2.weight", "logit_scale")
@@ -20,7 +20,7 @@ def exported(realdata, tmp_path_factory):
     tokenizer = train_tokenizer(roco_captions(realdata))
     model = build_model(tiny_config(tokenizer)).eval()
     directory = export_open_clip(model, tokenizer, tmp_path_factory.mktemp("export"))
-    reference, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{directory}")
+    reference, _, preprocess = open_clip_model(directory)
     return model, tokenizer, directory, reference.eval(), preprocess
 
 

@@ -52,6 +52,31 @@ def _load_open_clip_dir(directory: Path) -> tuple[BiomedCLIP, Tokenizer]:
     return model, Tokenizer.load(directory, config.text.context_length)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+def weights_of(path: str | Path) -> Path:
+    """The weights file of an artifact directory, an open_clip directory (export or hub snapshot), or the file."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    candidates = [path / WEIGHTS, *(path / name for name in OPEN_CLIP_WEIGHTS)]
+    found = next((candidate for candidate in candidates if candidate.is_file()), None)
+    if found is None:
+        raise CheckpointError(f"{path}: no model weights ({', '.join(c.name for c in candidates)})")
+    return found
+
+
+def tokenizer_dir_of(path: str | Path) -> Path | None:
+    """Where the tokenizer of a model directory lives (`tokenizer/` of an artifact, the open_clip directory itself),
+    or None when it carries none."""
+    path = Path(path)
+    for directory in (path / TOKENIZER_DIR, path):
+        if directory.is_dir() and any((directory / name).is_file() for name in TOKENIZER_FILES):
+            return directory
+    return None
+
+
 def model_config_from_open_clip(model_cfg: dict, directory: Path) -> ModelConfig:
     """Maps an open_clip BiomedCLIP model_cfg (timm trunk + HF BERT) onto our presets."""
     vision, text = model_cfg["vision_cfg"], model_cfg["text_cfg"]

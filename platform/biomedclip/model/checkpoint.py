@@ -16,10 +16,11 @@ from timm.layers import resample_abs_pos_embed
 
 from biomedclip.config import from_dict
 from biomedclip.model.clip import BiomedCLIP
-from biomedclip.model.config import PATCH_SIZE, ModelConfig
+from biomedclip.model.config import PATCH_SIZE, ModelConfig, architecture
 
 CONFIG_METADATA_KEY = "biomedclip_model_config"
 POS_EMBED_KEY = "visual.trunk.pos_embed"
+WORD_EMBEDDINGS_KEY = "text.transformer.embeddings.word_embeddings.weight"
 # Buffers that some transformers versions saved and others rebuild; harmless to drop.
 REBUILT_BUFFERS = ("text.transformer.embeddings.position_ids",)
 
@@ -32,7 +33,7 @@ def save_checkpoint(model: BiomedCLIP, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-    save_file(state, str(path), metadata={CONFIG_METADATA_KEY: json.dumps(asdict(model.config))})
+    save_file(state, str(path), metadata={CONFIG_METADATA_KEY: json.dumps(asdict(architecture(model.config)))})
     return path
 
 
@@ -71,11 +72,24 @@ def load_weights(model: BiomedCLIP, state: dict[str, torch.Tensor]) -> BiomedCLI
         grid = model.config.vision.image_size // PATCH_SIZE
         state[POS_EMBED_KEY] = resample_abs_pos_embed(
             state[POS_EMBED_KEY], new_size=(grid, grid), num_prefix_tokens=model.visual.trunk.num_prefix_tokens)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint does not match the model: missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}")
+    check_state_dict(model, state, "checkpoint")
+    model.load_state_dict(state)
     return model
+
+
+def check_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuses weights that do not fit `module` exactly, listing every missing, unexpected and mis-shaped name."""
+    expected = module.state_dict()
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+    mis_shaped = [f"{name} {tuple(state[name].shape)} != {tuple(tensor.shape)}"
+                  for name, tensor in expected.items() if name in state and state[name].shape != tensor.shape]
+    problems = [(what, names) for what, names in (("missing", missing), ("unexpected", unexpected),
+                                                  ("shape (theirs != ours)", mis_shaped)) if names]
+    if problems:
+        listed = "; ".join(f"{what} ({len(names)}): {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}"
+                           for what, names in problems)
+        raise CheckpointError(f"{source} does not match the model: {listed}")
 
 
 def load_model(path: str | Path, config: ModelConfig | None = None) -> BiomedCLIP:

@@ -29,6 +29,11 @@ class BiomedCLIP(nn.Module):
         self.visual.set_grad_checkpointing(enable)
         self.text.set_grad_checkpointing(enable)
 
+    def freeze(self, towers: list[str]) -> None:
+        """Keeps the named towers ("visual", "text") as they are: no gradients, no optimizer state."""
+        for name in towers:
+            getattr(self, name).requires_grad_(False)
+
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         features = self.visual(pixels)
         return F.normalize(features, dim=-1) if normalize else features

@@ -1,7 +1,7 @@
 """Model configuration and the named presets for the vision and text towers."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from biomedclip.config import ConfigError
 
@@ -30,6 +30,7 @@ class VisionConfig:
     preset: str = "vit-base"
     image_size: int = 224
     patch_dropout: float = 0.0
+    pretrained: str | None = None  # timm ViT weights (.safetensors/.pth/.bin/.npz, or a directory holding one)
 
     def __post_init__(self) -> None:
         _check_choice("vision.preset", self.preset, VISION_PRESETS)
@@ -48,6 +49,9 @@ class TextConfig:
     context_length: int = 256
     vocab_size: int | None = None  # None: the preset's vocabulary size
     pad_token_id: int = 0
+    # A Hugging Face BERT directory (save_pretrained layout): its weights start the encoder, its tokenizer is the run's.
+    pretrained: str | None = None
+    require_pretrained: bool = False  # the recipe needs `pretrained` (paper.yaml): jobs refuse to start without it
 
     def __post_init__(self) -> None:
         _check_choice("text.preset", self.preset, TEXT_PRESETS)
@@ -72,6 +76,13 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.embed_dim <= 0:
             raise ConfigError(f"embed_dim: must be positive, got {self.embed_dim}")
+
+
+def architecture(cfg: ModelConfig) -> ModelConfig:
+    """The config without its initialisation sources: what a checkpoint records (no paths of the machine that
+    trained it), and all that is needed to rebuild the model."""
+    return replace(cfg, vision=replace(cfg.vision, pretrained=None),
+                   text=replace(cfg.text, pretrained=None, require_pretrained=False))
 
 
 def _check_choice(key: str, value: object, choices) -> None:

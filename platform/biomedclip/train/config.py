@@ -37,6 +37,9 @@ class DataSection:
             raise ConfigError("data.text_concat: needs inline_refs in data.text_views")
 
 
+TOWERS = ("visual", "text")
+
+
 @dataclass(frozen=True)
 class TrainSection:
     epochs: int = 32
@@ -46,8 +49,20 @@ class TrainSection:
     bf16: bool = False
     seed: int = 0
     log_every_steps: int = 10
+    # Start a new run (step 0, fresh optimiser and schedule) from a trained model: an artifact directory, an open_clip
+    # directory (our export, or BiomedCLIP's hub snapshot on disk) or a weights file. Resuming is not this: a run
+    # with checkpoints continues from its last one.
+    init_from: str | None = None
+    require_init_from: bool = False  # the recipe fine-tunes (finetune.yaml): jobs refuse to start without init_from
+    frozen_towers: list[str] = field(default_factory=list)  # "visual" and/or "text": kept as initialised
+    eval_at_start: bool = False  # validate the starting model before the first step (logged at step 0)
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.frozen_towers) - set(TOWERS))
+        if unknown:
+            raise ConfigError(f"train.frozen_towers: {unknown} (choose from {', '.join(TOWERS)})")
+        if len(self.frozen_towers) == len(TOWERS):
+            raise ConfigError("train.frozen_towers: freezing both towers leaves only the temperature to train")
         if self.epochs <= 0:
             raise ConfigError(f"train.epochs: must be positive, got {self.epochs}")
         if not 0 <= self.unmasked_epochs <= self.epochs:
@@ -90,3 +105,17 @@ class PretrainConfig:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     run: RunSection = field(default_factory=RunSection)
+
+
+def check_initialisation(cfg: PretrainConfig) -> None:
+    """Refuses a recipe that needs a starting model or a pretrained text tower when none is given (rather than
+    silently training from scratch). A run started from a trained model (`train.init_from`) has its text tower."""
+    if cfg.train.require_init_from and not cfg.train.init_from:
+        raise ConfigError("train.init_from: this recipe fine-tunes a trained model; pass --set train.init_from=DIR "
+                          "(BiomedCLIP's hub snapshot on disk, an open_clip export or a run's final/ artifact)")
+    text = cfg.model.text
+    if text.require_pretrained and not text.pretrained and not cfg.train.init_from:
+        raise ConfigError(
+            "model.text.pretrained: this recipe starts the text tower from PubMedBERT; download "
+            "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract (config.json, weights, vocab.txt) and pass "
+            "--set model.text.pretrained=DIR, or train from scratch with jobs/configs/paper_scratch.yaml")

@@ -28,7 +28,7 @@ from biomedclip.train.checkpointing import Progress, read_checkpoint, rng_state,
 from biomedclip.train.config import PretrainConfig
 from biomedclip.train.loss import gather_features, world
 from biomedclip.train.metrics import contrastive_loss_chunked, retrieval_metrics
-from biomedclip.train.optim import build_optimizer, build_scheduler
+from biomedclip.train.optim import build_optimizer, build_plan_scheduler
 from biomedclip.train.step import Precision, accumulate_gradients, apply_update, unwrap
 from biomedclip.train.tracking import Tracker, plot_curves
 
@@ -38,12 +38,14 @@ CURVES_PNG = "curves.png"
 def train_loop_per_worker(loop_config: dict) -> None:
     cfg = from_dict(PretrainConfig, loop_config["config"])
     tokenizer = Tokenizer(FastTokenizer.from_str(loop_config["tokenizer_json"]), cfg.model.text.context_length)
-    PretrainWorker(cfg, tokenizer, loop_config["train_rows"], loop_config.get("progress")).run()
+    PretrainWorker(cfg, tokenizer, loop_config["train_rows"], loop_config.get("progress"),
+                   loop_config.get("initial_state")).run()
 
 
 class PretrainWorker:
     def __init__(self, cfg: PretrainConfig, tokenizer: Tokenizer, train_rows: int,
-                 board: ProgressBoard | None = None):
+                 board: ProgressBoard | None = None, initial=None):
+        """`initial`: an object-store reference to the starting weights of a new run (ignored when resuming)."""
         self.cfg, self.tokenizer = cfg, tokenizer
         self.board = board
         self.rank, self.world_size = world()
@@ -52,9 +54,14 @@ class PretrainWorker:
         self.plans = curriculum.plan(cfg.train.curriculum, cfg.train.epochs, cfg.data.micro_batch, self.world_size,
                                      train_rows)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        self.model = ray.train.torch.prepare_model(build_model(cfg.model))
+        model = build_model(cfg.model)
+        if initial is not None and ray.train.get_checkpoint() is None:
+            model.load_state_dict(ray.get(initial))
+        model.freeze(cfg.train.frozen_towers)
+        self.model = ray.train.torch.prepare_model(model)
         self.optimizer = build_optimizer(self.model, cfg.train.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.train.optim.warmup_steps, sum(p.steps for p in self.plans))
+        self.scheduler = build_plan_scheduler(self.optimizer, cfg.train.optim,
+                                              [p.global_batch for p in self.plans for _ in range(p.steps)])
         self.progress = self._restore_or_seed()
         self.output_dir = Path(cfg.run.output_dir)
         self.tracker = Tracker(self.output_dir / "tensorboard", cfg.run.name, _flat_params(cfg),
@@ -79,6 +86,8 @@ class PretrainWorker:
 
     def run(self) -> None:
         try:
+            if self.cfg.train.eval_at_start and self.progress.global_step == 0:
+                self._log(self._validate())  # the starting model's figures, at step 0
             for epoch in range(self.progress.epoch, self.cfg.train.epochs):
                 if not self._train_epoch(epoch):
                     return  # stopped at run.stop_at_step, after its checkpoint
@@ -177,7 +186,8 @@ class PretrainWorker:
         metrics = retrieval_metrics(all_images, all_texts, gather_features(torch.cat(tokens)))
         metrics["val/loss"] = contrastive_loss_chunked(all_images, all_texts, model.logit_scale.exp().item())
         if self.rank == 0:
-            print(f"epoch {self.progress.epoch - 1} val: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+            when = f"epoch {self.progress.epoch - 1}" if self.progress.global_step else "starting model"
+            print(f"{when} val: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
                   flush=True)
         if "val/i2t_R@1" in metrics:
             self._show(f"epoch {self.progress.epoch}/{self.cfg.train.epochs} val R@1 {metrics['val/i2t_R@1']:.3f}")

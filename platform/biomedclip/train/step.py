@@ -123,7 +123,8 @@ def _backward_micro_batches(model, micro_batches, rng_states, image_grads, text_
             if index == last:
                 tensors.append(out["logit_scale"])
                 grads.append(scale_grad.to(out["logit_scale"].dtype))
-            torch.autograd.backward(tensors, grads)
+            trained = [(tensor, grad) for tensor, grad in zip(tensors, grads) if tensor.requires_grad]  # frozen towers
+            torch.autograd.backward(*zip(*trained))
 
 
 def apply_update(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler=None,
