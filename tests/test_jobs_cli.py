@@ -67,6 +67,11 @@ CASES = {
         "wrong key": (["--model", "{tmp}", "--image-dir", "{tmp}", "--prot", "8000"], "unrecognized arguments: --prot"),
         "wrong type": (["--model", "{tmp}", "--image-dir", "{tmp}", "--port", "http"], "--port: expected a whole"),
     },
+    "make_pairs": {
+        "missing file": (["--input", "no/such/pairs.csv", "--output", "{tmp}/o"], "--input no/such/pairs.csv: no such"),
+        "wrong key": (["--input", "{tmp}", "--output", "{tmp}/o", "--vall", "0.2"], "unrecognized arguments: --vall"),
+        "wrong type": (["--input", "{tmp}", "--output", "{tmp}/o", "--rows-per-file", "0"], "expected at least 1"),
+    },
     # No input files: a wrong option and a wrong value.
     "make_sample_corpus": {
         "wrong key": (["--output", "{tmp}/c", "--artcles", "3"], "unrecognized arguments: --artcles"),

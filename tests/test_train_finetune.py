@@ -4,6 +4,7 @@ user's pairs converted from a CSV; then its export, moved, loaded by open_clip."
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -97,11 +98,12 @@ def test_finetune_from_an_open_clip_snapshot_at_336_improves_recall_and_the_expo
         "run.keep_checkpoints=1"])
     outcome = run_pretraining(cfg)
     with outcome.result.checkpoint.as_directory() as directory:
-        progress = torch.load(Path(directory) / TRAIN_STATE, weights_only=False)["progress"]
+        progress = torch.load(Path(directory) / TRAIN_STATE, weights_only=True)["progress"]
     assert progress["resumes"] == [] and progress["global_step"] == 5 * (report.written["train"] // 16)
 
-    cfg.model.text.vocab_size = tokenizer.vocab_size
-    start = initial_model(cfg.model, read_state_dict(snapshot / "open_clip_pytorch_model.bin"))
+    text_cfg = dataclasses.replace(cfg.model.text, vocab_size=tokenizer.vocab_size)
+    model_cfg = dataclasses.replace(cfg.model, text=text_cfg)
+    start = initial_model(model_cfg, read_state_dict(snapshot / "open_clip_pytorch_model.bin"))
     expected = val_figures(start, tokenizer, tmp_path / "pairs", 336)
     history = progress["history"]
     for name, value in expected.items():
