@@ -161,3 +161,14 @@ def test_micro_batches_of_very_different_caption_lengths_keep_the_step_exact():
                                                           grads_of(full_length).values()))
     assert diff < 1e-5
     assert full_length.text.transformer.embeddings.word_embeddings.weight.grad.abs().max() > 1e-4
+
+
+@pytest.mark.parametrize(("k", "forwards"), [(1, 1), (3, 5)])
+def test_the_first_micro_batch_is_encoded_once(k, forwards):
+    """Its pass-1 graph is back-propagated in pass 2: k micro-batches cost 2k - 1 forwards, one is a plain step."""
+    model = tiny_model()
+    calls = []
+    model.text.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    pixels, tokens = global_batch(6)
+    accumulate_gradients(model, micro_batches(pixels, tokens, k))
+    assert len(calls) == forwards
