@@ -3,12 +3,16 @@
 The heavy work runs in `map_batches` tasks, so it scales with the cluster's CPUs rather than the training workers'.
 Each row leaves as `pixels` (float32 [3, H, W]) and `token_ids` (int64 [context_length]). A row whose image cannot
 be decoded is dropped with a message naming its pmcid and fig_id.
+
+Optional length bucketing (`data.length_bucketing`) groups captions of similar length into the same micro-batch, so
+that the text tower's dynamic padding cuts more: see `length_bucketed`.
 """
 from __future__ import annotations
 
 import functools
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from urllib.parse import urlparse
 
 import numpy as np
@@ -114,3 +118,20 @@ def training_datasets(path: str, tokenizer: Tokenizer, image_size: int, *, augme
 
 def count_rows(path: str, split: str, s3_endpoint: str | None = None) -> int:
     return _split_files(path, split, s3_endpoint).count_rows()
+
+
+def length_bucketed(windows: Iterable[dict[str, np.ndarray]], micro_batch: int, pad_token_id: int,
+                    seed: int) -> Iterator[dict[str, np.ndarray]]:
+    """Micro-batches of similar caption lengths. Each window (rows already shuffled) is sorted by caption length and
+    cut into micro-batches, which leave in a seeded random order, so steps mix short and long micro-batches.
+
+    This changes which captions share a micro-batch (and, with accumulation, a step): the negatives of a step are
+    then of similar length. A window's rows beyond its last whole micro-batch are dropped, as `drop_last` does.
+    """
+    rng = np.random.default_rng(seed)
+    for window in windows:
+        lengths = (window[TOKENS] != pad_token_id).sum(axis=1)
+        order = np.argsort(lengths, kind="stable")
+        chunks = [order[start:start + micro_batch] for start in range(0, len(order) - micro_batch + 1, micro_batch)]
+        for index in rng.permutation(len(chunks)):
+            yield {column: values[chunks[index]] for column, values in window.items()}
