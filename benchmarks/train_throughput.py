@@ -186,8 +186,11 @@ def run_padding(args) -> dict:
     tiny = load_config(ModelConfig, None, ["embed_dim=64", "vision.preset=vit-tiny", "vision.patch_dropout=0.5",
                                            "text.preset=bert-tiny", f"text.context_length={CONTEXT}"])
     paper = load_config(PretrainConfig, REPO / "jobs/configs/paper.yaml").model
-    figures["tiny"] = padding_figures(tiny, sets, micro=16, per_window=4, repeats=args.repeats, step_micro=16)
-    figures["paper"] = padding_figures(paper, sets, micro=4, per_window=2, repeats=args.paper_repeats, step_micro=4)
+    if "tiny" in args.towers:
+        figures["tiny"] = padding_figures(tiny, sets, micro=16, per_window=4, repeats=args.repeats, step_micro=16)
+    if "paper" in args.towers:
+        figures["paper"] = padding_figures(paper, sets, micro=4, per_window=2, repeats=args.paper_repeats,
+                                           step_micro=4)
     figures["load_after"] = load_average()
     return figures
 
@@ -441,19 +444,24 @@ def run_accumulation(args) -> dict:
 
 def run_cpu(args) -> dict:
     figures = {"load_average_start": load_average(), "cpus": os.cpu_count()}
+
+    def done(section: str, result: dict) -> None:  # each section as it ends: a loaded box may not reach the last
+        figures[section] = result
+        print(json.dumps({section: result, "load_average": load_average()}), flush=True)
+
     if "padding" in args.sections:
-        figures["padding"] = run_padding(args)
+        done("padding", run_padding(args))
     if "accumulation" in args.sections:
-        figures["accumulation"] = run_accumulation(args)
+        done("accumulation", run_accumulation(args))
     with tempfile.TemporaryDirectory() as tmp:
         if "pipeline" in args.sections:
             data = write_real_corpus(Path(tmp) / "pipeline", args.realdata, train=args.pipeline_rows, val=0,
                                      rows_per_file=128)
-            figures["pipeline"] = run_pipeline(args, data)
+            done("pipeline", run_pipeline(args, data))
         if "loop" in args.sections:
             data = write_real_corpus(Path(tmp) / "loop", args.realdata, train=args.batch * args.steps,
                                      val=args.batch, rows_per_file=args.batch * 4)
-            figures["loop"] = run_loop(args, data, Path(tmp))
+            done("loop", run_loop(args, data, Path(tmp)))
     figures["load_average_end"] = load_average()
     return figures
 
@@ -470,7 +478,7 @@ def print_tables(figures: dict) -> None:
               "text dynamic/full | text bucketed/full | step samples/s full / dynamic | step dynamic/full |")
         print("|---|---|---|---|---|---|---|---|")
         for towers in ("tiny", "paper"):
-            for name, row in padding[towers].items():
+            for name, row in padding.get(towers, {}).items():
                 tower, step = row["text_tower_samples_per_s"], row["step_samples_per_s"]
                 print(f"| {towers} | {name} | {row['mean_cut_length']:.0f} | "
                       f"{' / '.join(show(tower[m]) for m in PADDING_MODES)} | "
@@ -555,6 +563,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="CPU sections")
+    parser.add_argument("--towers", nargs="+", choices=("tiny", "paper"), default=["tiny", "paper"],
+                        help="CPU padding section: tower sizes")
     parser.add_argument("--config", type=Path, default=REPO / "jobs/configs/tiny.yaml", help="CPU loop's model")
     parser.add_argument("--realdata", type=Path, default=REALDATA)
     parser.add_argument("--batch", type=int, default=None, help="global batch (CPU 16, CUDA 128)")
@@ -572,8 +582,9 @@ def main() -> None:
     args.batch = args.batch or (128 if cuda else 16)
     args.steps = args.steps or (10 if cuda else 12)
     figures = run_cuda(args) if cuda else run_cpu(args)
-    print(json.dumps(figures, indent=1))
-    if not cuda:
+    if cuda:
+        print(json.dumps(figures, indent=1))
+    else:
         print_tables(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
