@@ -28,7 +28,7 @@ def trim_padding(token_ids: torch.Tensor, pad_token_id: int, multiple: int = PAD
     """
     full = token_ids.shape[1]
     used = (token_ids != pad_token_id).any(dim=0)
-    longest = int(used.nonzero().max()) + 1 if bool(used.any()) else 1
+    longest = full - int(used.flip(0).byte().argmax())  # argmax: the first used column from the end (none: keep all)
     length = min(full, -(-longest // multiple) * multiple)
     return token_ids if length == full else token_ids[:, :length]
 

@@ -35,7 +35,9 @@ class Precision:
     bf16: bool = False
 
     def autocast(self, device: torch.device):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        if not self.bf16:  # a disabled torch.autocast still costs ~0.4 ms to enter, per micro-batch and pass
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
