@@ -359,13 +359,17 @@ def run_pipeline(args, data_dir: Path) -> dict:
     dataset = ParquetBatches(data_dir, tokenizer, size, augment=True)
     rows = len(dataset)
 
-    def rate(batches) -> float:
+    def rate(batches) -> tuple[float, float]:
+        """Images/s of a whole pass, and after its first batch (without the pipeline's start-up)."""
         started, count = time.perf_counter(), 0
         for pixels, _ in batches:
+            if not count:
+                first_at, first = time.perf_counter(), len(pixels)
             count += len(pixels)
-        return count / (time.perf_counter() - started)
+        ended = time.perf_counter()
+        return count / (ended - started), (count - first) / (ended - first_at)
 
-    one_core = [rate(dataloader(dataset, cfg.data.map_batch_size, 0, r)) for r in range(args.repeats)]
+    one_core = [rate(dataloader(dataset, cfg.data.map_batch_size, 0, r))[0] for r in range(args.repeats)]
     loader = [rate(dataloader(dataset, cfg.data.map_batch_size, cpus, r)) for r in range(args.repeats)]
     ray.init(address="local", include_dashboard=False)
     try:
@@ -378,10 +382,14 @@ def run_pipeline(args, data_dir: Path) -> dict:
                      for _ in range(args.repeats)]
     finally:
         ray.shutdown()
-    return {"rows_per_pass": rows, "cpus": cpus, "one_core_limit_images_per_s": spread(one_core),
-            "ray_data_images_per_s_per_core": spread([r / cpus for r in ray_rates]),
-            "dataloader_images_per_s_per_core": spread([r / cpus for r in loader]),
-            "ray_data_per_core_over_limit": statistics.median(ray_rates) / cpus / statistics.median(one_core)}
+    limit = statistics.median(one_core)
+    figures = {"rows_per_pass": rows, "cpus": cpus, "one_core_limit_images_per_s": spread(one_core)}
+    for name, rates in (("ray_data", ray_rates), ("dataloader", loader)):
+        for index, kind in enumerate(("pass", "steady")):
+            per_core = [r[index] / cpus for r in rates]
+            figures[f"{name}_{kind}_images_per_s_per_core"] = spread(per_core)
+            figures[f"{name}_{kind}_per_core_over_limit"] = statistics.median(per_core) / limit
+    return figures
 
 
 # ---------------------------------------------------------------- accumulation section
@@ -487,10 +495,13 @@ def print_tables(figures: dict) -> None:
                       f"{row['step_dynamic_over_full']:.2f}x |")
     if "pipeline" in figures:
         p = figures["pipeline"]
-        print(f"\ninput pipeline, images/s per core ({p['cpus']} cores, {p['rows_per_pass']} rows a pass): one-core "
-              f"limit {show(p['one_core_limit_images_per_s'])}, Ray Data {show(p['ray_data_images_per_s_per_core'])}"
-              f", DataLoader {show(p['dataloader_images_per_s_per_core'])}; Ray Data per core / limit "
-              f"**{p['ray_data_per_core_over_limit']:.2f}**")
+        print(f"\ninput pipeline, images/s per core ({p['cpus']} cores, {p['rows_per_pass']} rows a pass), one-core "
+              f"limit {show(p['one_core_limit_images_per_s'])}:")
+        for name in ("ray_data", "dataloader"):
+            print(f"  {name}: whole pass {show(p[f'{name}_pass_images_per_s_per_core'])} "
+                  f"({p[f'{name}_pass_per_core_over_limit']:.2f} of the limit), after the first batch "
+                  f"{show(p[f'{name}_steady_images_per_s_per_core'])} "
+                  f"(**{p[f'{name}_steady_per_core_over_limit']:.2f}** of the limit)")
     if "loop" in figures:
         loop = figures["loop"]
         print(f"\ntraining loop, samples/s ({loop['cpus']} CPUs, trainer {loop['trainer_threads']} thread): Ray "
