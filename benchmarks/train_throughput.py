@@ -54,6 +54,15 @@ PMC_COVERED_AT_256 = 0.90  # the seed's figure: 256 tokens cover 90% of PMC capt
 SECTIONS = ("padding", "loop", "pipeline", "accumulation")
 
 
+def clock() -> float:
+    """Wall time by default; `--clock cpu`: this process's CPU time, which a loaded machine disturbs far less (with
+    one torch thread it is the time the work took on one core; for the padding and accumulation sections only)."""
+    return CLOCK()
+
+
+CLOCK = time.perf_counter
+
+
 def spread(values: list[float]) -> dict:
     """Median, min, max and the number of runs."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
@@ -121,11 +130,11 @@ def windows(lengths: np.ndarray, micro: int, per_window: int, repeats: int, voca
 def time_text_tower(tower: TextTower, micro_batches: list[torch.Tensor], dynamic: bool) -> float:
     """Seconds for forward + backward of the text tower over the micro-batches."""
     tower.dynamic_padding = dynamic
-    started = time.perf_counter()
+    started = clock()
     for tokens in micro_batches:
         tower(tokens).sum().backward()
     tower.zero_grad(set_to_none=True)
-    return time.perf_counter() - started
+    return clock() - started
 
 
 def time_step(model, optimizer, micro_batches: list, dynamic: bool, precision=Precision(),
@@ -133,11 +142,11 @@ def time_step(model, optimizer, micro_batches: list, dynamic: bool, precision=Pr
     """Seconds of one optimizer step (accumulate_gradients + apply_update) over the micro-batches."""
     model.text.dynamic_padding = dynamic
     sync()
-    started = time.perf_counter()
+    started = clock()
     accumulate_gradients(model, micro_batches, precision)
     apply_update(model, optimizer)
     sync()
-    return time.perf_counter() - started
+    return clock() - started
 
 
 PADDING_MODES = ("full", "dynamic", "bucketed")
@@ -181,16 +190,22 @@ def padding_figures(model_cfg: ModelConfig, sets: dict, micro: int, per_window: 
 
 
 def run_padding(args) -> dict:
-    sets = caption_lengths(args.realdata)
+    sets = {name: lengths for name, lengths in caption_lengths(args.realdata).items() if name in args.sets}
     figures = {"lengths": describe_lengths(sets), "load_before": load_average()}
     tiny = load_config(ModelConfig, None, ["embed_dim=64", "vision.preset=vit-tiny", "vision.patch_dropout=0.5",
                                            "text.preset=bert-tiny", f"text.context_length={CONTEXT}"])
     paper = load_config(PretrainConfig, REPO / "jobs/configs/paper.yaml").model
-    if "tiny" in args.towers:
-        figures["tiny"] = padding_figures(tiny, sets, micro=16, per_window=4, repeats=args.repeats, step_micro=16)
-    if "paper" in args.towers:
-        figures["paper"] = padding_figures(paper, sets, micro=4, per_window=2, repeats=args.paper_repeats,
-                                           step_micro=4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or threads)
+    try:
+        if "tiny" in args.towers:
+            figures["tiny"] = padding_figures(tiny, sets, micro=16, per_window=4, repeats=args.repeats,
+                                              step_micro=16)
+        if "paper" in args.towers:
+            figures["paper"] = padding_figures(paper, sets, micro=4, per_window=2, repeats=args.paper_repeats,
+                                               step_micro=4)
+    finally:
+        torch.set_num_threads(threads)
     figures["load_after"] = load_average()
     return figures
 
@@ -409,19 +424,19 @@ def run_accumulation(args) -> dict:
     one, micro = [(pixels, tokens)], list(zip(pixels.chunk(args.k), tokens.chunk(args.k)))
 
     def forward(batches) -> float:
-        started = time.perf_counter()
+        started = clock()
         with torch.no_grad():
             for p, t in batches:
                 model(p, t)
-        return time.perf_counter() - started
+        return clock() - started
 
     def forward_backward(batches) -> float:
-        started = time.perf_counter()
+        started = clock()
         for p, t in batches:
             out = model(p, t)
             (out["image_features"].sum() + out["text_features"].sum()).backward()
         model.zero_grad(set_to_none=True)
-        return time.perf_counter() - started
+        return clock() - started
 
     times = {"step_1": [], "step_k": [], "forward_k": [], "grad_pass_1": [], "grad_pass_k": []}
     threads = torch.get_num_threads()
@@ -451,7 +466,7 @@ def run_accumulation(args) -> dict:
 
 
 def run_cpu(args) -> dict:
-    figures = {"load_average_start": load_average(), "cpus": os.cpu_count()}
+    figures = {"load_average_start": load_average(), "cpus": os.cpu_count(), "clock": args.clock}
 
     def done(section: str, result: dict) -> None:  # each section as it ends: a loaded box may not reach the last
         figures[section] = result
@@ -476,7 +491,7 @@ def run_cpu(args) -> dict:
 
 def print_tables(figures: dict) -> None:
     print(f"\nload average (1, 5, 15 min): start {figures['load_average_start']}, end {figures['load_average_end']}; "
-          f"{figures['cpus']} CPUs")
+          f"{figures['cpus']} CPUs; padding and accumulation timed by the {figures['clock']} clock")
     if "padding" in figures:
         padding = figures["padding"]
         for name, stats in padding["lengths"].items():
@@ -576,6 +591,10 @@ def main() -> None:
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="CPU sections")
     parser.add_argument("--towers", nargs="+", choices=("tiny", "paper"), default=["tiny", "paper"],
                         help="CPU padding section: tower sizes")
+    parser.add_argument("--sets", nargs="+", choices=("roco", "jats", "pmc-model"),
+                        default=["roco", "jats", "pmc-model"], help="CPU padding section: caption-length sets")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="CPU padding and accumulation sections: wall time, or this process's CPU time")
     parser.add_argument("--config", type=Path, default=REPO / "jobs/configs/tiny.yaml", help="CPU loop's model")
     parser.add_argument("--realdata", type=Path, default=REALDATA)
     parser.add_argument("--batch", type=int, default=None, help="global batch (CPU 16, CUDA 128)")
@@ -584,11 +603,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="CPU: runs behind each figure (tiny model)")
     parser.add_argument("--pipeline-rows", type=int, default=512, help="CPU: rows of the input pipeline's pass")
     parser.add_argument("--paper-repeats", type=int, default=3, help="CPU: runs behind each paper-size figure")
-    parser.add_argument("--threads", type=int, default=1, help="CPU accumulation: torch threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU padding and accumulation: torch threads (0: torch's default)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16 peak, for MFU")
     parser.add_argument("--no-patch-dropout", action="store_true", help="CUDA: time the unmasked model")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     cuda = args.device == "cuda"
     args.batch = args.batch or (128 if cuda else 16)
     args.steps = args.steps or (10 if cuda else 12)
