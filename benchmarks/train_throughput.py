@@ -153,7 +153,7 @@ PADDING_MODES = ("full", "dynamic", "bucketed")
 
 
 def padding_figures(model_cfg: ModelConfig, sets: dict, micro: int, per_window: int, repeats: int,
-                    step_micro: int) -> dict:
+                    step_micro: int, steps: bool = True) -> dict:
     """Samples/s of the text tower and of whole steps under each padding mode, per caption-length set."""
     torch.manual_seed(0)
     model = build_model(model_cfg).train()
@@ -162,7 +162,7 @@ def padding_figures(model_cfg: ModelConfig, sets: dict, micro: int, per_window: 
     results = {}
     for name, lengths in sets.items():
         tower_s = {mode: [] for mode in PADDING_MODES}
-        step_s = {mode: [] for mode in PADDING_MODES[:2]}
+        step_s = {mode: [] for mode in PADDING_MODES[:2]} if steps else {}
         tower_warm = False
         for drawn, bucketed in windows(lengths, micro, per_window, repeats + 1, vocab):
             runs = {"full": (drawn, False), "dynamic": (drawn, True), "bucketed": (bucketed, True)}
@@ -183,7 +183,8 @@ def padding_figures(model_cfg: ModelConfig, sets: dict, micro: int, per_window: 
             "step_samples_per_s": {mode: spread(v) for mode, v in step_s.items()},
             "text_tower_dynamic_over_full": tower_median["dynamic"] / tower_median["full"],
             "text_tower_bucketed_over_full": tower_median["bucketed"] / tower_median["full"],
-            "step_dynamic_over_full": statistics.median(step_s["dynamic"]) / statistics.median(step_s["full"]),
+            "step_dynamic_over_full": statistics.median(step_s["dynamic"]) / statistics.median(step_s["full"])
+            if steps else None,
             "mean_cut_length": statistics.mean(cut),
         }
     return results
@@ -203,7 +204,7 @@ def run_padding(args) -> dict:
                                               step_micro=16)
         if "paper" in args.towers:
             figures["paper"] = padding_figures(paper, sets, micro=4, per_window=2, repeats=args.paper_repeats,
-                                               step_micro=4)
+                                               step_micro=4, steps=not args.text_only)
     finally:
         torch.set_num_threads(threads)
     figures["load_after"] = load_average()
@@ -506,8 +507,8 @@ def print_tables(figures: dict) -> None:
                 print(f"| {towers} | {name} | {row['mean_cut_length']:.0f} | "
                       f"{' / '.join(show(tower[m]) for m in PADDING_MODES)} | "
                       f"**{row['text_tower_dynamic_over_full']:.2f}x** | {row['text_tower_bucketed_over_full']:.2f}x | "
-                      f"{' / '.join(show(step[m]) for m in ('full', 'dynamic'))} | "
-                      f"{row['step_dynamic_over_full']:.2f}x |")
+                      f"{' / '.join(show(step[m]) for m in step) or '-'} | "
+                      f"{row['step_dynamic_over_full'] or 0:.2f}x |")
     if "pipeline" in figures:
         p = figures["pipeline"]
         print(f"\ninput pipeline, images/s per core ({p['cpus']} cores, {p['rows_per_pass']} rows a pass), one-core "
@@ -593,6 +594,7 @@ def main() -> None:
                         help="CPU padding section: tower sizes")
     parser.add_argument("--sets", nargs="+", choices=("roco", "jats", "pmc-model"),
                         default=["roco", "jats", "pmc-model"], help="CPU padding section: caption-length sets")
+    parser.add_argument("--text-only", action="store_true", help="CPU padding section: no whole-step figures")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="CPU padding and accumulation sections: wall time, or this process's CPU time")
     parser.add_argument("--config", type=Path, default=REPO / "jobs/configs/tiny.yaml", help="CPU loop's model")
