@@ -23,6 +23,17 @@ def roco_captions(realdata: Path) -> list[str]:
     return captions
 
 
+def jats_captions(realdata: Path) -> list[str]:
+    """Figure captions of the real PMC/JATS articles, as the extraction's parser reads them."""
+    from biomedclip.pmc.jats import parse_article
+
+    captions = []
+    for path in sorted((realdata / "pmc").rglob("*")):
+        if path.suffix in (".xml", ".nxml") and path.name != "manifest.xml":
+            captions += [figure.caption for figure in parse_article(path.read_bytes()).figures if figure.caption]
+    return captions
+
+
 def real_images(realdata: Path) -> list[Path]:
     return sorted(p for p in (realdata / "images").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 

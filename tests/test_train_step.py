@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from biomedclip.model import ModelConfig, TextConfig, VisionConfig, build_model
+from biomedclip.model.text_tower import trim_padding
 from biomedclip.train.loss import contrastive_loss
 from biomedclip.train.step import accumulate_gradients, apply_update
 from tests.conftest import free_port
@@ -133,3 +134,41 @@ def test_update_clamps_the_temperature():
     apply_update(model, optimizer, grad_clip=1.0)
     assert model.logit_scale.item() == pytest.approx(torch.log(torch.tensor(100.0)).item())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_micro_batches_of_very_different_caption_lengths_keep_the_step_exact():
+    """Each micro-batch is cut to its own longest caption (8, 40 and 77 tokens here); the accumulated gradient still
+    equals one step on the whole global batch encoded at full length."""
+    gen = torch.Generator().manual_seed(2)
+    pixels = torch.randn(3 * MICRO, 3, 224, 224, generator=gen)
+    lengths = [3, 6, 30, 37, 77, 70]
+    tokens = torch.randint(5, 300, (3 * MICRO, 77), generator=gen)
+    tokens[torch.arange(77)[None, :] >= torch.tensor(lengths)[:, None]] = 0
+    tokens[:, 0] = 2
+    micro = micro_batches(pixels, tokens, 3)
+    assert [trim_padding(t, 0).shape[1] for _, t in micro] == [8, 40, 77]
+
+    accumulated = tiny_model()
+    loss = accumulate_gradients(accumulated, micro)
+
+    full_length = tiny_model()
+    full_length.text.dynamic_padding = False
+    out = full_length(pixels, tokens)
+    reference_loss = contrastive_loss(out["image_features"], out["text_features"], out["logit_scale"])
+    reference_loss.backward()
+    assert loss == pytest.approx(reference_loss.item(), abs=1e-6)
+    diff = max((a - b).abs().max().item() for a, b in zip(grads_of(accumulated).values(),
+                                                          grads_of(full_length).values()))
+    assert diff < 1e-5
+    assert full_length.text.transformer.embeddings.word_embeddings.weight.grad.abs().max() > 1e-4
+
+
+@pytest.mark.parametrize(("k", "forwards"), [(1, 1), (3, 5)])
+def test_the_first_micro_batch_is_encoded_once(k, forwards):
+    """Its pass-1 graph is back-propagated in pass 2: k micro-batches cost 2k - 1 forwards, one is a plain step."""
+    model = tiny_model()
+    calls = []
+    model.text.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    pixels, tokens = global_batch(6)
+    accumulate_gradients(model, micro_batches(pixels, tokens, k))
+    assert len(calls) == forwards

@@ -124,3 +124,16 @@ def test_broken_artifacts_are_refused_with_the_file_named(encoder, tmp_path):
         load_vqa_artifact(directory)
     with pytest.raises(ValueError, match="vocabulary"):
         save_vqa_artifact(_vqa_model(encoder), encoder[1], AnswerVocab(["yes"]), tmp_path / "other")
+
+
+def test_dynamic_padding_leaves_the_answer_logits_unchanged(encoder, samples):
+    """The question stream is cut to the longest question before BERT and the fusion; the logits do not move."""
+    model, tokenizer = _vqa_model(encoder), encoder[1]
+    pixels = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    tokens = tokenizer(samples[1][:4])
+    with torch.no_grad():
+        dynamic = model(pixels, tokens)
+        model.encoder.text.dynamic_padding = False
+        full = model(pixels, tokens)
+    assert (tokens[:, 32:] == tokenizer.pad_token_id).all()  # the questions are short: the cut is real
+    assert (dynamic - full).abs().max().item() < 1e-5

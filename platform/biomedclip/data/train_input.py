@@ -8,11 +8,15 @@ Text views: the caption, and the article's sentences that cite the figure (`inli
 `text_views=("caption", "inline_refs")` each training row draws, every time it is read (so per step), one view
 uniformly and of the citing sentences one at random (the caption when it has none); with `concat=True` the citing
 sentences follow the caption, cut at the context length by the tokenizer. Validation always reads the caption.
+
+Optional length bucketing (`data.length_bucketing`) groups captions of similar length into the same micro-batch, so
+that the text tower's dynamic padding cuts more: see `length_bucketed`.
 """
 from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -122,3 +126,20 @@ def training_datasets(path: str, tokenizer: Tokenizer, image_size: int, *, augme
 
 def count_rows(path: str, split: str, s3_endpoint: str | None = None) -> int:
     return _split_files(path, split, s3_endpoint).count_rows()
+
+
+def length_bucketed(windows: Iterable[dict[str, np.ndarray]], micro_batch: int, pad_token_id: int,
+                    seed: int) -> Iterator[dict[str, np.ndarray]]:
+    """Micro-batches of similar caption lengths. Each window (rows already shuffled) is sorted by caption length and
+    cut into micro-batches, which leave in a seeded random order, so steps mix short and long micro-batches.
+
+    This changes which captions share a micro-batch (and, with accumulation, a step): the negatives of a step are
+    then of similar length. A window's rows beyond its last whole micro-batch are dropped, as `drop_last` does.
+    """
+    rng = np.random.default_rng(seed)
+    for window in windows:
+        lengths = (window[TOKENS] != pad_token_id).sum(axis=1)
+        order = np.argsort(lengths, kind="stable")
+        chunks = [order[start:start + micro_batch] for start in range(0, len(order) - micro_batch + 1, micro_batch)]
+        for index in rng.permutation(len(chunks)):
+            yield {column: values[chunks[index]] for column, values in window.items()}

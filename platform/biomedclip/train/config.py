@@ -16,6 +16,9 @@ class DataSection:
     micro_batch: int = 32  # pairs per worker per forward pass
     augment: bool = True  # RandomResizedCrop for training images (random crops are not replayed on resume)
     shuffle_buffer: int = 256  # rows in each worker's seeded local shuffle buffer; 0: no shuffle
+    # Group captions of similar length into the same micro-batch within windows of shuffle_buffer rows, so dynamic
+    # padding cuts more. Changes batch composition (negatives of similar length): off by default. docs/performance.md
+    length_bucketing: bool = False
     map_batch_size: int = 64  # rows per decode/tokenise task
     map_tasks: int | None = None  # parallel preprocessing tasks; None: as many as Ray schedules
     preserve_order: bool = True  # deterministic block order and split, so a resumed epoch sees the same rows
@@ -35,6 +38,14 @@ class DataSection:
             raise ConfigError(f"data.text_views: {self.text_views} repeats a view")
         if self.text_concat and "inline_refs" not in self.text_views:
             raise ConfigError("data.text_concat: needs inline_refs in data.text_views")
+        if self.length_bucketing and self.shuffle_buffer < 2 * self.micro_batch:
+            raise ConfigError(f"data.length_bucketing: needs data.shuffle_buffer (the window it sorts, "
+                              f"{self.shuffle_buffer} rows) of at least 2 x data.micro_batch = {2 * self.micro_batch}")
+
+    @property
+    def bucketing_window(self) -> int:
+        """Rows sorted together by length: the shuffle buffer rounded down to whole micro-batches."""
+        return self.shuffle_buffer // self.micro_batch * self.micro_batch
 
 
 TOWERS = ("visual", "text")

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from tokenizers import Tokenizer as FastTokenizer
 
 from biomedclip.config import from_dict
-from biomedclip.data.train_input import PIXELS, TOKENS
+from biomedclip.data.train_input import PIXELS, TOKENS, length_bucketed
 from biomedclip.model import build_model
 from biomedclip.progress import ProgressBoard
 from biomedclip.text import Tokenizer
@@ -102,10 +102,18 @@ class PretrainWorker:
     def _steps(self, epoch: int, accumulation: int):
         """This worker's steps of `epoch`, each a list of `accumulation` micro-batches, in a seeded order."""
         data = self.cfg.data
-        batches = ray.train.get_dataset_shard("train").iter_torch_batches(
-            batch_size=data.micro_batch, drop_last=True, device=self.device,
-            local_shuffle_buffer_size=data.shuffle_buffer or None,
-            local_shuffle_seed=(self.cfg.train.seed * 100003 + epoch) * 64 + self.rank if data.shuffle_buffer else None)
+        shard = ray.train.get_dataset_shard("train")
+        shuffle = {"local_shuffle_buffer_size": data.shuffle_buffer or None,
+                   "local_shuffle_seed": (self.cfg.train.seed * 100003 + epoch) * 64 + self.rank
+                   if data.shuffle_buffer else None}
+        if data.length_bucketing:
+            windows = shard.iter_batches(batch_size=data.bucketing_window, batch_format="numpy", **shuffle)
+            batches = ({column: torch.as_tensor(values, device=self.device) for column, values in batch.items()}
+                       for batch in length_bucketed(windows, data.micro_batch, self.tokenizer.pad_token_id,
+                                                    shuffle["local_shuffle_seed"]))
+        else:
+            batches = shard.iter_torch_batches(batch_size=data.micro_batch, drop_last=True, device=self.device,
+                                               **shuffle)
         micro = ((b[PIXELS], b[TOKENS]) for b in batches)
         while step := list(itertools.islice(micro, accumulation)):
             if len(step) == accumulation:

@@ -129,7 +129,6 @@ class VQAModel(nn.Module):
         for name, param in encoder.named_parameters():
             if name.startswith(UNUSED_ENCODER_PARTS):
                 param.requires_grad_(False)
-        self.pad_token_id = encoder.config.text.pad_token_id
         self.image_proj = nn.Linear(encoder.config.vision.width, fusion.width)
         self.text_proj = nn.Linear(encoder.config.text.width, fusion.width)
         self.fusion = CoAttentionFusion(fusion)
@@ -147,9 +146,7 @@ class VQAModel(nn.Module):
 
     def forward(self, pixels: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """Answer logits [N, num_answers] for images [N, 3, H, W] and question token ids [N, L]."""
-        text_padding = token_ids == self.pad_token_id
         with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.encoder_parameters())):
             image_tokens = self.encoder.visual.trunk.forward_features(pixels)
-            text_tokens = self.encoder.text.transformer(
-                input_ids=token_ids, attention_mask=(~text_padding).long()).last_hidden_state
+            text_tokens, text_padding = self.encoder.text.hidden_states(token_ids)
         return self.classifier(self.fusion(self.image_proj(image_tokens), self.text_proj(text_tokens), text_padding))
