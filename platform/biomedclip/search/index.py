@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyarrow.fs import FileSelector
 
 from biomedclip.io import OutputStore, filesystem
 
@@ -48,19 +47,13 @@ def write_manifest(output: str, model_fingerprint: str, model_artifact: str, emb
                    problems: list[dict], problem_count: int) -> dict:
     """Lists the shards under `output/shards` and writes the manifest that makes the index usable."""
     store = OutputStore(output)
-    shards = sorted(info.path for info in store.fs.get_file_info(_selector(store.path(SHARDS)))
-                    if info.path.endswith(".parquet"))
-    count = sum(pq.ParquetFile(store.fs.open_input_file(path)).metadata.num_rows for path in shards)
+    shards = [f"{SHARDS}/{name}" for name in store.list_names(SHARDS) if name.endswith(".parquet")]
+    count = sum(pq.ParquetFile(store.fs.open_input_file(store.path(shard))).metadata.num_rows for shard in shards)
     manifest = {"format": FORMAT, "model": {"fingerprint": model_fingerprint, "artifact": model_artifact},
-                "embed_dim": embed_dim, "count": count, "source": source,
-                "shards": [posixpath.relpath(path, store.root) for path in shards],
+                "embed_dim": embed_dim, "count": count, "source": source, "shards": shards,
                 "problem_count": problem_count, "problems": problems}
     store.write_json(MANIFEST, manifest)
     return manifest
-
-
-def _selector(path: str) -> FileSelector:
-    return FileSelector(path, recursive=True, allow_not_found=True)
 
 
 @dataclass
@@ -83,7 +76,8 @@ class FigureIndex:
         tables = [pq.read_table(posixpath.join(root, shard), filesystem=fs) for shard in manifest["shards"]]
         table = pa.concat_tables(tables) if tables else index_schema(manifest["embed_dim"]).empty_table()
         if table.num_rows != manifest["count"]:
-            raise SearchIndexError(f"{uri}: the shards hold {table.num_rows} rows, the manifest says {manifest['count']}")
+            raise SearchIndexError(f"{uri}: the shards hold {table.num_rows} rows, the manifest says "
+                                   f"{manifest['count']}")
         column = table.column("embedding").combine_chunks()
         embeddings = column.values.to_numpy(zero_copy_only=False).reshape(-1, manifest["embed_dim"])
         return cls(manifest, np.ascontiguousarray(embeddings, dtype=np.float32),

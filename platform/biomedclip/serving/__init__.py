@@ -1,4 +1,5 @@
-"""Online inference on Ray Serve: zero-shot, VQA, embedding and figure-search endpoints behind an authenticated FastAPI ingress.
+"""Online inference on Ray Serve: zero-shot, VQA, embedding and figure-search endpoints behind an authenticated
+FastAPI ingress.
 
 Start in-process: `serve.run(build_app(ServingConfig(models={"default": "/abs/model"}).resolved(".")))` with
 `build_app` from `biomedclip.serving.app`; from the command line: `serve run serve/config.yaml`.

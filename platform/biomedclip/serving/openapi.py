@@ -39,6 +39,9 @@ def _form(fields: type[BaseModel], files: dict[str, dict], **constraints) -> dic
     """A multipart body: the text fields of a request model (lists as repeated fields) plus file fields."""
     schema = fields.model_json_schema()
     properties = {name: _without_null(prop) for name, prop in schema["properties"].items()}
+    for prop in properties.values():
+        if prop.get("type") == "array":  # a list travels as repeated fields: an empty one is an absent field
+            prop["minItems"] = max(1, prop.get("minItems", 0))
     properties.update(files)
     required = schema.get("required", []) + constraints.pop("required", [])
     form = {"type": "object", "properties": properties, "additionalProperties": False, **constraints}
@@ -74,9 +77,9 @@ def request_bodies(models: RequestModels, limits: LimitsConfig, components: _Com
             _form(models.zero_shot_fields, {"image": FILE, "images": {**files, "minItems": 1}},
                   oneOf=[{"required": ["image"]}, {"required": ["images"]}])),
         "/v1/vqa": _body(components.ref(models.vqa), _form(models.vqa_fields, {"image": FILE}, required=["image"])),
-        "/v1/embed": _body(components.ref(models.embed), _form(models.embed_fields, {"image": files}, anyOf=[
-            {"required": ["image"], "properties": {"image": {"minItems": 1}}},
-            {"required": ["texts"], "properties": {"texts": {"minItems": 1}}}])),
+        "/v1/embed": _body(components.ref(models.embed), _form(
+            models.embed_fields, {"image": {**files, "minItems": 1}},
+            anyOf=[{"required": ["image"]}, {"required": ["texts"]}])),
         "/v1/embeddings": _body(components.ref(models.embeddings), None),
         "/v1/search": _body(components.ref(models.search), _form(models.search_fields, {"image": FILE}, oneOf=[
             {"required": ["text"]}, {"required": ["image"]}])),

@@ -75,7 +75,8 @@ def _exactly_one(single: list, batch: list, single_name: str, batch_name: str) -
 
 
 def _zero_shot_input(images: list[tuple[str, bytes]], labels: list[str], templates: list[str] | None,
-                     model: str | None, shape: str, limits: LimitsConfig, labels_field: str = "labels") -> ZeroShotInput:
+                     model: str | None, shape: str, limits: LimitsConfig,
+                     labels_field: str = "labels") -> ZeroShotInput:
     return ZeroShotInput(
         images=[decode_image(data, limits, name) for name, data in images],
         labels=check_texts(labels, labels_field, limits, limits.max_labels, unique=True),

@@ -11,19 +11,28 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from biomedclip.serving.config import LimitsConfig
 
 _BASE64 = r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
 IMAGE_PATTERN = rf"^(?:data:[\w.+-]+/[\w.+-]+;base64,)?{_BASE64}$"  # base64, optionally as a data: URL
 IMAGE_URL_PATTERN = rf"^data:image/[\w.+-]+;base64,{_BASE64}$"  # an image item of /v1/embeddings' `input`
-TEXT_PATTERN = r"\S"  # at least one character that is not whitespace (Python's str.isspace)
-EMBEDDING_TEXT_PATTERN = r"^(?!data:)[\s\S]*\S"  # a text item of `input`: not a data: URL
+# Whitespace as JSON Schema's regex dialect (ECMAScript) defines it, spelled out so that every regex engine reads the
+# patterns alike; the server strips exactly these (validation.WHITESPACE). A text must hold another character.
+WHITESPACE_CLASS = r"\t\n\x0b\x0c\r \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+VISIBLE = rf"[^{WHITESPACE_CLASS}]"
+TEXT_PATTERN = VISIBLE
+EMBEDDING_TEXT_PATTERN = rf"^(?!data:)[\s\S]*{VISIBLE}"  # a text item of `input`: not a data: URL
 TEMPLATE_PATTERN = r"\{\}"
 DATA_URL_PREFIX_CHARS = 64  # room for "data:image/png;base64," in front of the base64 payload
 # Python's regex engine, so that patterns (\s above, lookaheads) mean the same as the server's own checks.
 STRICT = ConfigDict(extra="forbid", regex_engine="python-re")
+
+
+def _integral_float_to_int(value):
+    """JSON Schema's integer includes 5.0; strict validation alone would refuse it (a string stays refused)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def base64_length(size: int) -> int:
@@ -120,7 +129,7 @@ def request_models(limits: LimitsConfig, model_ids: list[str], max_top_k: int) -
     class SearchFields(BaseModel):
         model_config = STRICT
         text: Text = Field(None, description="find figures matching this text")
-        top_k: int = Field(10, ge=1, le=max_top_k)
+        top_k: Annotated[int, BeforeValidator(_integral_float_to_int)] = Field(10, ge=1, le=max_top_k)
 
     class SearchRequest(SearchFields):
         model_config = ConfigDict(**STRICT, json_schema_extra={

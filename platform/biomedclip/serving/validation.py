@@ -11,6 +11,10 @@ from PIL import Image, UnidentifiedImageError
 from biomedclip.serving.config import LimitsConfig
 from biomedclip.serving.errors import RequestError
 
+# JSON Schema's (ECMAScript's) whitespace, the same set as the request schemas' patterns (schemas.WHITESPACE_CLASS).
+WHITESPACE = ("\t\n\x0b\x0c\r \xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
+              + "\u2028\u2029\u202f\u205f\u3000\ufeff")
+
 
 def decode_image(data: bytes, limits: LimitsConfig, field: str = "image") -> Image.Image:
     """Decodes one uploaded image to RGB, refusing it (4xx naming `field`) when it is not a usable image."""
@@ -80,7 +84,7 @@ def check_text(text: str, field: str, limits: LimitsConfig) -> str:
         raise RequestError(422, field, f"{len(text)} characters is over the limit of {limits.max_text_chars}")
     if not text.isprintable() and any(0xD800 <= ord(c) <= 0xDFFF for c in text):
         raise RequestError(422, field, "not valid Unicode (a lone surrogate)")
-    text = text.strip()
+    text = text.strip(WHITESPACE)
     if not text:
         raise RequestError(422, field, "empty text")
     return text
