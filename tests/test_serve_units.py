@@ -167,8 +167,10 @@ def test_serving_config_checks_and_resolves(tmp_path, monkeypatch):
         ServingConfig(models={"a": "x"}, default_model="b")
     with pytest.raises(ConfigError, match="templates"):
         ServingConfig(templates=["no slot"])
-    with pytest.raises(ConfigError, match="min_replicas"):
-        from_dict(ServingConfig, {"clip": {"min_replicas": 3, "max_replicas": 2}})
+    with pytest.raises(ConfigError, match="unknown key"):  # replicas and resources are Serve's deployments: options
+        from_dict(ServingConfig, {"clip": {"min_replicas": 1}})
+    with pytest.raises(ConfigError, match="search.model"):
+        from_dict(ServingConfig, {"models": {"a": "x"}, "search": {"index": "i", "model": "b"}})
     with pytest.raises(ConfigError, match="batching.max_batch_size"):
         from_dict(ServingConfig, {"batching": {"max_batch_size": 0}})
     with pytest.raises(ConfigError, match="unknown key"):
@@ -182,3 +184,52 @@ def test_serving_config_checks_and_resolves(tmp_path, monkeypatch):
     config = ServingConfig(models={"a": "x", "b": "y"}, default_model="b").resolved(tmp_path)
     assert config.models == {"a": str(tmp_path / "x"), "b": "/elsewhere/model"}
     assert config.vqa_artifact == str(tmp_path / "vqa")
+
+
+# --- the OpenAPI contract: declared from the same models that validate ---
+
+def test_request_schemas_declare_the_limits_the_server_enforces():
+    from pydantic import ValidationError
+
+    from biomedclip.serving.schemas import request_models
+
+    limits = LimitsConfig(max_labels=3, max_text_chars=20, max_images=2, max_texts=4, max_image_bytes=30)
+    models = request_models(limits, ["a", "b"], max_top_k=7)
+    zero_shot = models.zero_shot.model_json_schema()
+    labels = zero_shot["properties"]["labels"]
+    assert (labels["minItems"], labels["maxItems"], labels["uniqueItems"]) == (1, 3, True)
+    assert (labels["items"]["minLength"], labels["items"]["maxLength"]) == (1, 20)
+    assert zero_shot["oneOf"] == [{"required": ["image_base64"]}, {"required": ["images_base64"]}]
+    assert zero_shot["properties"]["images_base64"]["maxItems"] == 2
+    assert zero_shot["properties"]["model"]["anyOf"][0]["enum"] == ["a", "b"]
+    assert models.search.model_json_schema()["properties"]["top_k"]["maximum"] == 7
+    ok = {"image_base64": "data:image/png;base64,AAAA", "labels": ["x"]}
+    models.zero_shot.model_validate(ok, strict=True)
+    for bad in ({**ok, "labels": ["x"] * 4}, {**ok, "labels": ["y" * 21]}, {**ok, "model": "c"},
+                {**ok, "image_base64": "@@@@"}, {**ok, "image_base64": None}, {**ok, "extra": 1}):
+        with pytest.raises(ValidationError):
+            models.zero_shot.model_validate(bad, strict=True)
+    with pytest.raises(ValidationError):
+        models.search.model_validate({"text": "q", "top_k": "3"}, strict=True)  # JSON: a string is not a number
+    assert models.search_fields.model_validate({"text": "q", "top_k": "3"}).top_k == 3  # forms carry strings
+
+
+def test_openapi_document_offers_what_the_server_serves():
+    from biomedclip.serving.ingress import api
+    from biomedclip.serving.openapi import build_openapi
+    from biomedclip.serving.schemas import request_models
+
+    models = request_models(LIMITS, ["a"], max_top_k=5)
+    full = build_openapi(api.routes, models, LIMITS, {"/v1/zero-shot", "/v1/embed", "/v1/embeddings", "/v1/vqa",
+                                                      "/v1/search"}, api_key=True)
+    assert {"/v1/vqa", "/v1/search", "/v1/embeddings"} <= set(full["paths"])
+    assert full["paths"]["/v1/embed"]["post"]["security"] == [{"ApiKey": []}, {"Bearer": []}]
+    assert "security" not in full["paths"]["/healthz"]["get"]
+    form = full["paths"]["/v1/zero-shot"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["properties"]["image"] == {"type": "string", "format": "binary"} and form["required"] == ["labels"]
+    model = form["properties"]["model"]  # a form field is absent or a value, never null
+    assert "anyOf" not in model and model.get("const", model.get("enum")) in ("a", ["a"])
+    minimal = build_openapi(api.routes, models, LIMITS, {"/v1/zero-shot", "/v1/embed", "/v1/embeddings"},
+                            api_key=False)
+    assert not {"/v1/vqa", "/v1/search"} & set(minimal["paths"])
+    assert "securitySchemes" not in minimal["components"]

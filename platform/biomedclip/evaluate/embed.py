@@ -75,8 +75,9 @@ def _local_predictor(artifact_dir: str) -> Predictor:
 class PairEmbedder:
     """Ray Data callable: Parquet rows (image bytes + caption) -> image and caption embeddings."""
 
-    def __init__(self, artifact_dir: str, with_text: bool):
+    def __init__(self, artifact_dir: str, with_text: bool, keep_columns: tuple[str, ...] = ()):
         self.predictor, self.with_text = _local_predictor(artifact_dir), with_text
+        self.keep_columns = keep_columns  # input columns passed through unchanged (the figure index's metadata)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         loaders = [lambda data=data: decode_image(bytes(data)) for data in batch["image"]]
@@ -90,6 +91,7 @@ class PairEmbedder:
         }
         if self.with_text:
             out["text_embedding"] = self.predictor.encode_texts(captions)
+        out.update({name: batch[name] for name in self.keep_columns})
         return out
 
 
@@ -109,7 +111,7 @@ def embed_pairs(artifact_dir: str | Path, split_dir: str | Path, config: EmbedCo
                 with_text: bool = True) -> PairEmbeddings:
     """Embeds every figure (and, with `with_text`, caption) of a Parquet split, sorted by pmcid/fig_id."""
     rows = ray.data.read_parquet(str(split_dir)).select_columns(MODEL_INPUT_COLUMNS)
-    out = _collect(_map(rows, PairEmbedder, {"artifact_dir": str(artifact_dir), "with_text": with_text}, config))
+    out = _collect(map_pair_embeddings(rows, artifact_dir, config, with_text))
     if not out:
         raise ValueError(f"{split_dir}: the split holds no rows")
     order = np.argsort(out["key"].astype(str), kind="stable")
@@ -124,6 +126,14 @@ def embed_pairs(artifact_dir: str | Path, split_dir: str | Path, config: EmbedCo
         texts=out["text_embedding"][ok][first_occurrence(captions)] if with_text else None,
         problems=problems,
     )
+
+
+def map_pair_embeddings(rows: ray.data.Dataset, artifact_dir: str | Path, config: EmbedConfig | None = None,
+                        with_text: bool = True, keep_columns: tuple[str, ...] = ()) -> ray.data.Dataset:
+    """Lazily adds embeddings to pair rows (MODEL_INPUT_COLUMNS plus `keep_columns`, which pass through): columns
+    key, caption, image_embedding, error (and text_embedding with `with_text`)."""
+    kwargs = {"artifact_dir": str(artifact_dir), "with_text": with_text, "keep_columns": tuple(keep_columns)}
+    return _map(rows, PairEmbedder, kwargs, config)
 
 
 def embed_dataset(artifact_dir: str | Path, dataset, config: EmbedConfig | None = None) -> DatasetEmbeddings:

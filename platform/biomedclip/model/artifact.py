@@ -6,6 +6,7 @@ also takes an open_clip BiomedCLIP directory (open_clip_config.json + weights + 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -40,6 +41,20 @@ def load_artifact(directory: str | Path) -> tuple[BiomedCLIP, Tokenizer]:
     else:
         raise CheckpointError(f"{directory}: neither {WEIGHTS} nor {OPEN_CLIP_CONFIG} found")
     return model.eval(), tokenizer
+
+
+def artifact_fingerprint(directory: str | Path) -> str:
+    """sha256 of the artifact's weights file: names the model that made a set of embeddings (a search index)."""
+    directory = Path(directory)
+    candidates = [directory / WEIGHTS, *(directory / name for name in OPEN_CLIP_WEIGHTS)]
+    weights = next((path for path in candidates if path.is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{directory}: no weights file ({WEIGHTS} or {', '.join(OPEN_CLIP_WEIGHTS)})")
+    digest = hashlib.sha256()
+    with weights.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def _load_open_clip_dir(directory: Path) -> tuple[BiomedCLIP, Tokenizer]:

@@ -15,12 +15,13 @@ class AuthError(RuntimeError):
     pass
 
 
-def read_api_key(auth: AuthConfig) -> str | None:
-    """The configured key, or None when neither variable is set (an open API)."""
+def read_api_key(auth: AuthConfig, key_file: str | None = None) -> str | None:
+    """The key from $key_env, else from the file `key_file` or $key_file_env names; None when none is set (an open
+    API)."""
     key = os.environ.get(auth.key_env, "").strip()
     if key:
         return key
-    path = os.environ.get(auth.key_file_env, "").strip()
+    path = (key_file or os.environ.get(auth.key_file_env, "")).strip()
     if not path:
         return None
     try:

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import ray
 import torch
 from PIL import Image
 from ray import serve
@@ -33,7 +34,7 @@ class ClipModel:
         if missing:
             raise FileNotFoundError(f"model artifact directories not found: {missing}")
         self.config = config
-        self.device = "cuda" if config.clip.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"  # GPUs Serve gave it
         self.prompt_cache = PromptCache(config.prompt_cache_size)
         self.fatal_error: str | None = None
         self.batch_sizes: Counter[int] = Counter()
@@ -73,13 +74,14 @@ class ClipModel:
             self.fatal_error = f"{type(err).__name__}: {err}"
             raise
 
-    async def zero_shot(self, image: Image.Image, labels: list[str], templates: list[str] | None) -> dict:
+    async def zero_shot(self, images: list[Image.Image], labels: list[str], templates: list[str] | None) -> dict:
+        """Per image, the labels ranked by probability; the images join batches with other requests' images."""
         model_id = self._model_id()
         engine = await self.engine(model_id)
         templates = templates or self.config.templates
-        image_features = await self._encode_batch(image)
-        probabilities = engine.zero_shot(image_features[None], self._label_features(engine, labels, templates))[0]
-        return {"model": model_id, "labels": rank_labels(probabilities, labels)}
+        image_features = np.stack(await asyncio.gather(*(self._encode_batch(image) for image in images)))
+        probabilities = engine.zero_shot(image_features, self._label_features(engine, labels, templates))
+        return {"model": model_id, "rankings": [rank_labels(row, labels) for row in probabilities]}
 
     def _label_features(self, engine: Predictor, labels: list[str], templates: list[str]) -> np.ndarray:
         key = (engine.model_id, tuple(labels), tuple(templates))
@@ -94,9 +96,11 @@ class ClipModel:
         engine = await self.engine(model_id)
         image_features = await asyncio.gather(*(self._encode_batch(image) for image in images))
         text_features = self._guarded(engine.encode_texts, texts) if texts else []
+        pad_id = engine.model.config.text.pad_token_id
         return {"model": model_id, "dim": engine.embed_dim,
                 "image_embeddings": [f.tolist() for f in image_features],
-                "text_embeddings": [f.tolist() for f in text_features]}
+                "text_embeddings": [f.tolist() for f in text_features],
+                "text_tokens": int((engine.tokens(texts) != pad_id).sum()) if texts else 0}
 
     async def describe(self) -> dict:
         engine = await self.engine(self._model_id())
@@ -114,5 +118,11 @@ class ClipModel:
             torch.cuda.synchronize()  # raises when the device is lost
 
 
-def clip_deployment(config: ServingConfig):
-    return serve.deployment(ClipModel, name="ClipModel", **config.clip.deployment_options())
+# Serve's own options; `deployments:` in serve/config.yaml (or build_app's `deployments`) override them.
+DEPLOYMENT_OPTIONS = {
+    "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "initial_replicas": 1,
+                           "target_ongoing_requests": 16},
+    "max_ongoing_requests": 64,
+    "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0},
+}
+clip_deployment = serve.deployment(ClipModel, name="ClipModel", **DEPLOYMENT_OPTIONS)

@@ -1,4 +1,4 @@
-"""Typed configuration of the inference application: models, batching, replicas, request limits and auth.
+"""Typed configuration of the inference application: models, batching, search, request limits and auth.
 
 Loaded from the `args:` section of serve/config.yaml (or built in Python). The API key itself never appears here:
 `auth` only names the environment variables that hold the key or the path of a file holding it.
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from biomedclip.config import ConfigError
+from biomedclip.io import is_local
 
 DEFAULT_MODEL_DIR = "demo_out/model"
 MODEL_DIR_ENV = "BIOMEDCLIP_MODEL_DIR"
@@ -32,38 +33,11 @@ class BatchingConfig:
 
 
 @dataclass
-class ReplicaConfig:
-    """Resources and autoscaling (by ongoing requests per replica) of one deployment."""
-    min_replicas: int = 1
-    max_replicas: int = 1
-    target_ongoing_requests: float = 8.0
-    max_ongoing_requests: int = 64
-    num_cpus: float = 0.5
-    num_gpus: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_replicas <= self.max_replicas:
-            raise ConfigError(f"replicas: need 1 <= min_replicas <= max_replicas, got "
-                              f"{self.min_replicas}..{self.max_replicas}")
-        if self.num_cpus < 0 or self.num_gpus < 0:
-            raise ConfigError("replicas: num_cpus and num_gpus must be >= 0")
-
-    def deployment_options(self) -> dict:
-        return {
-            "autoscaling_config": {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
-                                   "initial_replicas": self.min_replicas,
-                                   "target_ongoing_requests": self.target_ongoing_requests},
-            "max_ongoing_requests": self.max_ongoing_requests,
-            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
-        }
-
-
-@dataclass
 class LimitsConfig:
     """What a request may hold; anything beyond is refused with a 4xx naming the field."""
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000  # decompression-bomb guard, checked from the header before decoding
-    max_images: int = 16  # per /v1/embed request
+    max_images: int = 16  # per /v1/embed or /v1/zero-shot request
     max_labels: int = 64
     max_templates: int = 8
     max_texts: int = 64  # per /v1/embed request
@@ -86,7 +60,22 @@ class AuthConfig:
 
 
 @dataclass
+class SearchConfig:
+    """Figure search (/v1/search) over an index written by jobs/build_index.py; without an index it answers 503."""
+    index: str | None = None  # index directory or URI (s3://...)
+    model: str | None = None  # model id of the artifact the index was built with; None: the default model
+    max_top_k: int = 50
+    chunk_rows: int = 65_536  # index rows scored at a time: bounds the memory a query takes
+
+    def __post_init__(self) -> None:
+        if self.max_top_k < 1 or self.chunk_rows < 1:
+            raise ConfigError("search: max_top_k and chunk_rows must be >= 1")
+
+
+@dataclass
 class ServingConfig:
+    """App settings only: replicas, autoscaling and resources are Serve's own per-deployment options (the
+    `deployments:` section of serve/config.yaml, or `build_app(..., deployments=...)`)."""
     models: dict[str, str] = field(default_factory=lambda: {"default": DEFAULT_MODEL_DIR})  # model id -> artifact
     default_model: str | None = None  # None: the first of `models`
     vqa_artifact: str | None = None  # None: /v1/vqa answers 503
@@ -94,9 +83,7 @@ class ServingConfig:
     prompt_cache_size: int = 1024  # label sets per replica
     max_models_per_replica: int = 3
     batching: BatchingConfig = field(default_factory=BatchingConfig)
-    clip: ReplicaConfig = field(default_factory=ReplicaConfig)
-    vqa: ReplicaConfig = field(default_factory=ReplicaConfig)
-    ingress: ReplicaConfig = field(default_factory=lambda: ReplicaConfig(num_cpus=0.2, max_ongoing_requests=256))
+    search: SearchConfig = field(default_factory=SearchConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
 
@@ -107,10 +94,16 @@ class ServingConfig:
             raise ConfigError(f"default_model: {self.default_model!r} is not one of {sorted(self.models)}")
         if not self.templates or any("{}" not in t for t in self.templates):
             raise ConfigError("templates: need at least one, each with a '{}' for the label")
+        if self.search.model is not None and self.search.model not in self.models:
+            raise ConfigError(f"search.model: {self.search.model!r} is not one of {sorted(self.models)}")
 
     @property
     def default_model_id(self) -> str:
         return self.default_model or next(iter(self.models))
+
+    @property
+    def search_model_id(self) -> str:
+        return self.search.model or self.default_model_id
 
     def resolved(self, base_dir: str | Path) -> ServingConfig:
         """Applies the env overrides (model and VQA directories) and makes artifact paths absolute."""
@@ -119,8 +112,11 @@ class ServingConfig:
             models[self.default_model_id] = os.environ[MODEL_DIR_ENV]
         vqa = os.environ.get(VQA_DIR_ENV) or self.vqa_artifact
         base = Path(base_dir)
+        index = self.search.index
         return replace(self, models={k: str(_absolute(v, base)) for k, v in models.items()},
-                       vqa_artifact=None if vqa is None else str(_absolute(vqa, base)))
+                       vqa_artifact=None if vqa is None else str(_absolute(vqa, base)),
+                       search=replace(self.search, index=index if index is None or not is_local(index)
+                                      else str(_absolute(index, base))))
 
 
 def _absolute(path: str, base: Path) -> Path:

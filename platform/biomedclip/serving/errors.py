@@ -39,7 +39,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
-        return error_response(err.status_code, None, str(err.detail))
+        return error_response(err.status_code, None, str(err.detail), err.headers)  # e.g. Allow on a 405
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:

@@ -11,6 +11,10 @@ from PIL import Image, UnidentifiedImageError
 from biomedclip.serving.config import LimitsConfig
 from biomedclip.serving.errors import RequestError
 
+# JSON Schema's (ECMAScript's) whitespace, the same set as the request schemas' patterns (schemas.WHITESPACE_CLASS).
+WHITESPACE = ("\t\n\x0b\x0c\r \xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
+              + "\u2028\u2029\u202f\u205f\u3000\ufeff")
+
 
 def decode_image(data: bytes, limits: LimitsConfig, field: str = "image") -> Image.Image:
     """Decodes one uploaded image to RGB, refusing it (4xx naming `field`) when it is not a usable image."""
@@ -68,8 +72,8 @@ def check_texts(texts: list[str], field: str, limits: LimitsConfig, max_count: i
     if len(texts) > max_count:
         raise RequestError(422, field, f"{len(texts)} given, the limit is {max_count}")
     cleaned = [check_text(text, f"{field}[{i}]", limits) for i, text in enumerate(texts)]
-    if unique and len(set(cleaned)) != len(cleaned):
-        duplicate = next(t for t in cleaned if cleaned.count(t) > 1)
+    if unique and len(set(texts)) != len(texts):  # as given, like the schema's uniqueItems
+        duplicate = next(t for t in texts if texts.count(t) > 1)
         raise RequestError(422, field, f"{duplicate!r} is given more than once")
     return cleaned
 
@@ -77,11 +81,13 @@ def check_texts(texts: list[str], field: str, limits: LimitsConfig, max_count: i
 def check_text(text: str, field: str, limits: LimitsConfig) -> str:
     if not isinstance(text, str):
         raise RequestError(422, field, f"expected text, got {type(text).__name__}")
-    text = text.strip()
+    if len(text) > limits.max_text_chars:  # before stripping, like the schema's maxLength
+        raise RequestError(422, field, f"{len(text)} characters is over the limit of {limits.max_text_chars}")
+    if not text.isprintable() and any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        raise RequestError(422, field, "not valid Unicode (a lone surrogate)")
+    text = text.strip(WHITESPACE)
     if not text:
         raise RequestError(422, field, "empty text")
-    if len(text) > limits.max_text_chars:
-        raise RequestError(422, field, f"{len(text)} characters is over the limit of {limits.max_text_chars}")
     return text
 
 

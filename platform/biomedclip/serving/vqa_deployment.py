@@ -6,6 +6,7 @@ replica, so the rest of the service runs without the VQA package.
 """
 from __future__ import annotations
 
+import ray
 import torch
 from PIL import Image
 from ray import serve
@@ -17,7 +18,7 @@ class VqaModel:
     def __init__(self, config: ServingConfig):
         from biomedclip.vqa.artifact import load_vqa_predictor
 
-        device = "cuda" if config.vqa.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
         self.predictor = load_vqa_predictor(config.vqa_artifact, device=device)
         self.fatal_error: str | None = None
         batching = config.batching
@@ -42,5 +43,10 @@ class VqaModel:
             raise RuntimeError(f"VQA replica failed and needs replacing: {self.fatal_error}")
 
 
-def vqa_deployment(config: ServingConfig):
-    return serve.deployment(VqaModel, name="VqaModel", **config.vqa.deployment_options())
+DEPLOYMENT_OPTIONS = {
+    "autoscaling_config": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1,
+                           "target_ongoing_requests": 8},
+    "max_ongoing_requests": 64,
+    "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0},
+}
+vqa_deployment = serve.deployment(VqaModel, name="VqaModel", **DEPLOYMENT_OPTIONS)
