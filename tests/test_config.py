@@ -64,12 +64,13 @@ def _config_classes(cls: type, seen: set[type]) -> set[type]:
 def test_job_configs_are_frozen_after_loading():
     from biomedclip.data.extract import ExtractConfig
     from biomedclip.evaluate import EvaluateConfig
+    from biomedclip.search.build import IndexConfig
     from biomedclip.train.config import PretrainConfig
     from biomedclip.tune.config import SweepConfig
     from biomedclip.vqa.train import FinetuneConfig
 
     classes = set()
-    for job_config in (ExtractConfig, EvaluateConfig, PretrainConfig, SweepConfig, FinetuneConfig):
+    for job_config in (ExtractConfig, EvaluateConfig, PretrainConfig, SweepConfig, FinetuneConfig, IndexConfig):
         _config_classes(job_config, classes)
     mutable = sorted(c.__name__ for c in classes if not c.__dataclass_params__.frozen)
     assert not mutable, f"config classes a job could edit after loading: {mutable}"

@@ -67,6 +67,14 @@ CASES = {
         "wrong key": (["--model", "{tmp}", "--image-dir", "{tmp}", "--prot", "8000"], "unrecognized arguments: --prot"),
         "wrong type": (["--model", "{tmp}", "--image-dir", "{tmp}", "--port", "http"], "--port: expected a whole"),
     },
+    "build_index": {
+        "missing file": (["--checkpoint", "no/such/model", "--data", "{tmp}", "--output", "{tmp}/i"],
+                         "--checkpoint no/such/model: no such"),
+        "wrong key": (["--checkpoint", "{tmp}", "--data", "{tmp}", "--output", "{tmp}/i", "--set", "thumb=1"],
+                      "thumb: unknown key"),
+        "wrong type": (["--checkpoint", "{tmp}", "--data", "{tmp}", "--output", "{tmp}/i", "--set",
+                        "shard_rows=many"], "shard_rows: expected int"),
+    },
     "make_pairs": {
         "missing file": (["--input", "no/such/pairs.csv", "--output", "{tmp}/o"], "--input no/such/pairs.csv: no such"),
         "wrong key": (["--input", "{tmp}", "--output", "{tmp}/o", "--vall", "0.2"], "unrecognized arguments: --vall"),

@@ -24,7 +24,7 @@ from biomedclip.search.index import MANIFEST, SHARDS, index_table, write_manifes
 MAX_REPORTED_PROBLEMS = 100
 
 
-@dataclass
+@dataclass(frozen=True)
 class IndexConfig:
     thumbnail_size: int = 128  # longest side of the stored JPEG thumbnail, pixels
     thumbnail_quality: int = 80
