@@ -149,7 +149,8 @@ def test_extract_then_pretrain_through_a_node_failure(cluster, tmp_path):
     extract_s = time.monotonic() - started
 
     started = time.monotonic()
-    pretrain = ["python", "jobs/pretrain.py", "--config", "jobs/configs/tiny.yaml",
+    # --verbose: every rank's lines reach the job's log, which the checks below read step by step.
+    pretrain = ["python", "jobs/pretrain.py", "--config", "jobs/configs/tiny.yaml", "--verbose",
                 "--set", f"data.path={extracted}", "--set", f"run.output_dir={run_dir}",
                 "--set", f"data.micro_batch={MICRO_BATCH}", "--set", "data.map_tasks=1",
                 "--set", f"train.curriculum=[{{global_batch: {GLOBAL_BATCH}}}]", "--set", "train.epochs=1",

@@ -65,9 +65,10 @@ def val_figures(model, tokenizer, pairs: Path, image_size: int) -> dict[str, flo
     rows = pq.read_table(pairs / "val", columns=["caption", "image"]).to_pylist()
     transform = eval_transform(image_size)
     pixels = torch.from_numpy(np.stack([transform(decode_image(row["image"])) for row in rows]))
+    tokens = tokenizer([row["caption"] for row in rows])
     with torch.no_grad():
-        out = model.eval()(pixels, tokenizer([row["caption"] for row in rows]))
-    metrics = retrieval_metrics(out["image_features"], out["text_features"])
+        out = model.eval()(pixels, tokens)
+    metrics = retrieval_metrics(out["image_features"], out["text_features"], tokens)
     metrics["val/loss"] = contrastive_loss_chunked(out["image_features"], out["text_features"],
                                                    out["logit_scale"].item())
     return metrics

@@ -19,7 +19,7 @@ _BASE64 = r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
 IMAGE_PATTERN = rf"^(?:data:[\w.+-]+/[\w.+-]+;base64,)?{_BASE64}$"  # base64, optionally as a data: URL
 IMAGE_URL_PATTERN = rf"^data:image/[\w.+-]+;base64,{_BASE64}$"  # an image item of /v1/embeddings' `input`
 # Whitespace as JSON Schema's regex dialect (ECMAScript) defines it, spelled out so that every regex engine reads the
-# patterns alike; the server strips exactly these (validation.WHITESPACE). A text must hold another character.
+# patterns alike; the server strips exactly these (biomedclip.text.whitespace). A text must hold another character.
 WHITESPACE_CLASS = r"\t\n\x0b\x0c\r \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 VISIBLE = rf"[^{WHITESPACE_CLASS}]"
 TEXT_PATTERN = VISIBLE

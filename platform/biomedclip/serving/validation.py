@@ -10,10 +10,7 @@ from PIL import Image, UnidentifiedImageError
 
 from biomedclip.serving.config import LimitsConfig
 from biomedclip.serving.errors import RequestError
-
-# JSON Schema's (ECMAScript's) whitespace, the same set as the request schemas' patterns (schemas.WHITESPACE_CLASS).
-WHITESPACE = ("\t\n\x0b\x0c\r \xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
-              + "\u2028\u2029\u202f\u205f\u3000\ufeff")
+from biomedclip.text.whitespace import WHITESPACE  # the request schemas' patterns use the same set
 
 
 def decode_image(data: bytes, limits: LimitsConfig, field: str = "image") -> Image.Image:

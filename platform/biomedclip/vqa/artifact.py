@@ -22,6 +22,7 @@ from biomedclip.inference import Predictor
 from biomedclip.model.artifact import load_artifact, save_artifact
 from biomedclip.model.checkpoint import CheckpointError
 from biomedclip.text import Tokenizer
+from biomedclip.text.whitespace import is_blank
 from biomedclip.vqa.answers import AnswerVocab, is_closed_answer
 from biomedclip.vqa.model import FusionConfig, VQAModel
 
@@ -90,7 +91,7 @@ class VQAPredictor:
     def logits(self, images: list[Image.Image], questions: list[str]) -> torch.Tensor:
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
-        if any(not isinstance(q, str) or not q.strip() for q in questions):
+        if any(not isinstance(q, str) or is_blank(q) for q in questions):
             raise ValueError("every question must be a non-empty string")
         return self.model(self.inputs.pixels(images), self.inputs.tokens(questions)).float().cpu()
 
