@@ -3,6 +3,7 @@ probabilities. Every consumer calls it, so a batch evaluation and `/v1/zero-shot
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,11 +13,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from biomedclip.model.artifact import load_artifact
-from biomedclip.model.clip import BiomedCLIP
+from biomedclip.model.clip import MAX_LOGIT_SCALE, BiomedCLIP
 from biomedclip.model.transforms import eval_transform
 from biomedclip.text import Tokenizer
 
-MAX_TEMPERATURE = 100.0
+# The cap the model's own clamp applies after every step (log 100), as a temperature.
+MAX_TEMPERATURE = round(math.exp(MAX_LOGIT_SCALE), 6)
 
 
 def fill_template(template: str, label: str) -> str:
