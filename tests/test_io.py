@@ -9,7 +9,18 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from biomedclip.io import OutputStore, SourceTree, filesystem, s3_endpoint, safe_key, storage_location
+from biomedclip.io import (
+    OutputStore,
+    SourceTree,
+    filesystem,
+    local_copy,
+    s3_endpoint,
+    safe_key,
+    staged_dir,
+    storage_location,
+    upload_dir,
+)
+from biomedclip.io.transfer import listing
 from biomedclip.io.trees import TooLarge, UnsafeKey
 
 
@@ -84,3 +95,30 @@ def test_any_pyarrow_uri_and_ray_storage_arguments(tmp_path):
     local_fs, local_path = storage_location(os.path.relpath(tmp_path))
     assert local_fs is None and local_path == str(tmp_path)  # Ray's own default for local paths, made absolute
     assert isinstance(filesystem(str(tmp_path))[0], pafs.LocalFileSystem)
+
+
+def test_directories_move_whole_and_remote_ones_are_cached_verified(bucket, s3_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("BIOMEDCLIP_CACHE", str(tmp_path / "cache"))
+    uri = f"{bucket}/model"
+    with pytest.raises(RuntimeError), staged_dir(uri, s3_server) as local:
+        (local / "half.bin").write_bytes(b"x")
+        raise RuntimeError("writer failed")
+    assert listing(uri, s3_server) == {}  # a failed write leaves nothing remotely
+    with staged_dir(uri, s3_server) as local:
+        (local / "tokenizer").mkdir()
+        (local / "tokenizer" / "vocab.txt").write_text("[PAD]\n")
+        (local / "weights.bin").write_bytes(b"w" * 100)
+    assert listing(uri, s3_server) == {"tokenizer/vocab.txt": 6, "weights.bin": 100}
+    assert not (tmp_path / "s3:").exists()
+
+    copy = local_copy(uri, s3_server)
+    assert copy.is_relative_to(tmp_path / "cache") and (copy / "weights.bin").read_bytes() == b"w" * 100
+    (copy / "weights.bin").write_bytes(b"truncated")  # a damaged cache is noticed and copied again
+    assert (local_copy(uri, s3_server) / "weights.bin").read_bytes() == b"w" * 100
+    upload_dir(copy / "tokenizer", f"{uri}/tokenizer", s3_server)
+    OutputStore(uri, s3_server).write_bytes("weights.bin", b"v" * 101)  # a new checkpoint under the same URI
+    assert (local_copy(uri, s3_server) / "weights.bin").read_bytes() == b"w" * 100  # cached without refresh
+    assert (local_copy(uri, s3_server, refresh=True) / "weights.bin").read_bytes() == b"v" * 101
+    with pytest.raises(FileNotFoundError, match="no-such"):
+        local_copy(f"{bucket}/no-such", s3_server)
+    assert local_copy(str(tmp_path)) == tmp_path  # a local folder is used where it is

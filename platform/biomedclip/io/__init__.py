@@ -4,6 +4,8 @@ with one credential policy. Extraction, training, checkpoints, evaluation and Se
 - `filesystem(uri)` -> (pyarrow filesystem, path): what Ray Data, Ray Train and pyarrow readers take.
 - `SourceTree`: read-only keyed access to an input tree (the PMC corpus), refusing keys that climb out of it.
 - `OutputStore`: atomic whole-file writes under an output root.
+- `transfer`: whole directories to and from a location (`staged_dir` for writers that need a local folder,
+  `local_copy` for readers that do: a verified per-node cache of a remote directory).
 
 Credentials: anonymous only where asked for (the public PMC bucket); otherwise signed from the usual AWS sources.
 Static keys found where the job starts (environment, credential files) travel with the pickled filesystem to Ray
@@ -12,7 +14,8 @@ each process itself. Endpoint: the one a config names, else the standard `AWS_EN
 """
 from biomedclip.io.filesystems import filesystem, is_local, s3_endpoint, static_credentials, storage_location
 from biomedclip.io.output import OutputStore
+from biomedclip.io.transfer import download_dir, local_copy, staged_dir, upload_dir
 from biomedclip.io.trees import SourceTree, safe_key
 
-__all__ = ["OutputStore", "SourceTree", "filesystem", "is_local", "s3_endpoint", "safe_key", "static_credentials",
-           "storage_location"]
+__all__ = ["OutputStore", "SourceTree", "download_dir", "filesystem", "is_local", "local_copy", "s3_endpoint",
+           "safe_key", "staged_dir", "static_credentials", "storage_location", "upload_dir"]
