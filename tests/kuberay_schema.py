@@ -29,6 +29,7 @@ QUANTITY_FIELDS = {("V1ResourceRequirements", "limits"), ("V1ResourceRequirement
 INT_OR_STRING = {"type": ["integer", "string"]}
 BASIC_TYPES = {"str": {"type": "string"}, "int": {"type": "integer"}, "bool": {"type": "boolean"},
                "float": {"type": "number"}, "datetime": {"type": "string"}, "date": {"type": "string"},
+               "bytes": {"type": "string"}, "bytearray": {"type": "string"},  # base64 in YAML and JSON
                "object": INT_OR_STRING}
 
 
@@ -140,25 +141,24 @@ KUBERAY_DEFINITIONS = {
 }
 
 KIND_SPEC = {"RayCluster": "RayClusterSpec", "RayJob": "RayJobSpec", "RayService": "RayServiceSpec"}
-KINDS = (*KIND_SPEC, "ServiceAccount")
 
 
 @cache
 def manifest_schema(kind: str) -> dict:
-    """The schema of a manifest of `kind`: a RayCluster, RayJob or RayService of ray.io/v1, or a v1
-    ServiceAccount."""
-    if kind == "ServiceAccount":
-        root = {"allOf": [_ref("V1ServiceAccount"), {"properties": {"apiVersion": {"const": "v1"}},
-                                                     "required": ["apiVersion", "kind", "metadata"]}]}
-    else:
+    """The schema of a manifest of `kind`: a RayCluster, RayJob or RayService of ray.io/v1, or a core v1 object
+    (ServiceAccount, Secret, ConfigMap, ...) from the client's model of that name."""
+    if kind in KIND_SPEC:
         root = _object({"apiVersion": {"const": "ray.io/v1"}, "kind": {"const": kind},
                         "metadata": _ref("V1ObjectMeta"), "spec": _ref(KIND_SPEC[kind])},
                        required=("apiVersion", "kind", "metadata", "spec"))
-    definitions = kubernetes_definitions("V1PodTemplateSpec", "V1Service", "V1ServiceAccount", "V1ObjectMeta",
-                                         "V1ResourceRequirements", "V1SecurityContext", "V1EnvVar",
-                                         "V1EnvFromSource", "V1VolumeMount")
+        models = ("V1PodTemplateSpec", "V1Service", "V1ObjectMeta", "V1ResourceRequirements", "V1SecurityContext",
+                  "V1EnvVar", "V1EnvFromSource", "V1VolumeMount")
+    else:
+        root = {"allOf": [_ref(f"V1{kind}"), {"properties": {"apiVersion": {"const": "v1"}},
+                                              "required": ["apiVersion", "kind", "metadata"]}]}
+        models = (f"V1{kind}",)
     schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
-              "$defs": {**definitions, **KUBERAY_DEFINITIONS}, **root}
+              "$defs": {**kubernetes_definitions(*models), **KUBERAY_DEFINITIONS}, **root}
     jsonschema.Draft202012Validator.check_schema(schema)
     return schema
 
@@ -167,8 +167,8 @@ def manifest_errors(manifest: dict) -> list[str]:
     """Every violation, as "<path>: <message>" (e.g. "spec.workerGroupSpecs[0].template.spec: Additional
     properties are not allowed ('serviceAccount' was unexpected)"); empty when the manifest is valid."""
     kind = manifest.get("kind")
-    if kind not in KINDS:
-        return [f"kind: {kind!r} is not one of {list(KINDS)}"]
+    if kind not in KIND_SPEC and not hasattr(k8s, f"V1{kind}"):
+        return [f"kind: {kind!r} is neither one of {list(KIND_SPEC)} nor a core v1 kind"]
     validator = jsonschema.Draft202012Validator(manifest_schema(kind))
     return sorted(f"{_path(error.absolute_path)}: {error.message}" for error in validator.iter_errors(manifest))
 
