@@ -1,9 +1,9 @@
 """JSON Schemas for the KubeRay manifests in cluster/: what `kubectl apply` and the KubeRay operator would refuse,
 checked without a Kubernetes cluster.
 
-- Kubernetes' own objects (pod templates, metadata, Services, the ServiceAccount) are generated from the models of the
-  official `kubernetes` Python client: every model's `openapi_types` / `attribute_map` become a definition with its
-  JSON field names, their types, its required fields, and no other field.
+- Kubernetes' own objects (pod templates, metadata, Services, and core v1 manifests such as the ServiceAccount) are
+  generated from the models of the official `kubernetes` Python client: every model's `openapi_types` /
+  `attribute_map` become a definition with its JSON field names, their types, its required fields, and no other field.
 - KubeRay's own types (ray.io/v1) are written out below from the field reference of KubeRay's CRD API (docs.ray.io,
   "KubeRay CRD API reference", KubeRay 1.5-1.7, and the Go types in ray-operator/apis/ray/v1): field names, JSON
   types, required fields and enums. Nested KubeRay options this project does not use (GCS fault tolerance, history
@@ -63,7 +63,7 @@ def _add_model(name: str, definitions: dict) -> None:
                 else QUANTITY)
         else:
             properties[model.attribute_map[attribute]] = _type_schema(openapi_type, definitions)
-    fields = getattr(model, "model_fields", {})  # pydantic models (client >= 35) know their required fields
+    fields = getattr(model, "model_fields", {})  # the client's pydantic models know their required fields
     required = sorted(model.attribute_map[a] for a, f in fields.items() if a in model.attribute_map
                       and f.is_required())
     definitions[name] = {"type": "object", "properties": properties, "additionalProperties": False,
