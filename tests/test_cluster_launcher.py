@@ -31,9 +31,9 @@ def start_commands(config: dict) -> list[str]:
 
 
 def run_like_the_launcher(commands: list[str], home: Path) -> list[dict]:
-    """Runs the `ray start` commands among `commands` with bash, as the launcher does on a node whose home is
-    `home`, with a `ray` on PATH that starts nothing: it records the directory, the environment and the arguments
-    it was started with (one dict per `ray start`)."""
+    """Runs the `ray start` commands among `commands` with bash from `home`, as the launcher does on a node whose
+    home that is, with a `ray` on PATH that starts nothing: it records the directory, the environment and the
+    arguments it was started with (one dict per `ray start`)."""
     shim_dir, record = home / ".shim", home / ".ray_start_record"
     shim_dir.mkdir(parents=True, exist_ok=True)
     shim = shim_dir / "ray"
@@ -45,7 +45,7 @@ def run_like_the_launcher(commands: list[str], home: Path) -> list[dict]:
     env = {**os.environ, "HOME": str(home), "PATH": f"{shim_dir}{os.pathsep}{os.environ['PATH']}"}
     for command in commands:
         if "ray start" in command:
-            subprocess.run(["bash", "-c", command], env=env, check=True, capture_output=True, timeout=30)
+            subprocess.run(["bash", "-c", command], env=env, cwd=home, check=True, capture_output=True, timeout=30)
     return [json.loads(line) for line in record.read_text().splitlines()]
 
 
