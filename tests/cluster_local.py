@@ -49,6 +49,8 @@ class LocalCluster:
     nodes: list[subprocess.Popen] = field(default_factory=list)
     node_dirs: dict[int, Path] = field(default_factory=dict)  # `ray start` pid -> the node's --temp-dir
     named_nodes: dict[str, subprocess.Popen] = field(default_factory=dict)  # see `add_node`
+    cwd: Path = REPO  # where `ray start` runs (the directory Ray's workers start in)
+    env: dict[str, str] = field(default_factory=dict)  # set on every node, e.g. what a start command exports
 
     @property
     def token(self) -> str:
@@ -67,7 +69,7 @@ class LocalCluster:
                    RAY_API_SERVER_ADDRESS=self.dashboard_url,
                    **{MARKER: self.marker, NODE_MARKER: self._node_marker(node_dir)})
         env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"  # tests/conftest.py sets 0, which forbids a second node
-        return env
+        return {**env, **self.env}
 
     def client_env(self, token: str | None = "own") -> dict[str, str]:
         """Environment of a client: with this cluster's token, another token, or (None) no authentication."""
@@ -96,7 +98,7 @@ class LocalCluster:
         if resources:
             command.append(f"--resources={json.dumps(resources)}")
         with open(self.temp_dir / log_name, "a") as log:
-            node = subprocess.Popen(command, env=self.node_env(node_dir), cwd=REPO, stdout=log,
+            node = subprocess.Popen(command, env=self.node_env(node_dir), cwd=self.cwd, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         self.nodes.append(node)
         self.node_dirs[node.pid] = node_dir

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -24,6 +28,31 @@ def config() -> dict:
 
 def start_commands(config: dict) -> list[str]:
     return config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+
+
+def run_like_the_launcher(commands: list[str], home: Path) -> list[dict]:
+    """Runs the `ray start` commands among `commands` with bash from `home`, as the launcher does on a node whose
+    home that is, with a `ray` on PATH that starts nothing: it records the directory, the environment and the
+    arguments it was started with (one dict per `ray start`)."""
+    shim_dir, record = home / ".shim", home / ".ray_start_record"
+    shim_dir.mkdir(parents=True, exist_ok=True)
+    shim = shim_dir / "ray"
+    shim.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                    f"with open({str(record)!r}, 'a') as out:\n"
+                    "    out.write(json.dumps({'cwd': os.getcwd(), 'env': dict(os.environ), 'args': sys.argv[1:]}))\n"
+                    "    out.write('\\n')\n")
+    shim.chmod(0o755)
+    env = {**os.environ, "HOME": str(home), "PATH": f"{shim_dir}{os.pathsep}{os.environ['PATH']}"}
+    for command in commands:
+        if "ray start" in command:
+            subprocess.run(["bash", "-c", command], env=env, cwd=home, check=True, capture_output=True, timeout=30)
+    return [json.loads(line) for line in record.read_text().splitlines()]
+
+
+def exported(start: dict) -> dict[str, str]:
+    """The variables a start command set or changed, compared with the environment it was run in."""
+    return {k: v for k, v in start["env"].items() if os.environ.get(k) != v and k not in ("HOME", "PATH", "PWD",
+                                                                                         "OLDPWD", "SHLVL", "_")}
 
 
 def test_matches_the_schema_in_the_ray_wheel(config):
@@ -102,3 +131,25 @@ def test_project_installed_from_the_synced_checkout(config):
     assert any("pip install" in cmd and "~/biomedclip" in cmd for cmd in config["setup_commands"])
     assert config["docker"]["image"].startswith("rayproject/ray:2.60.0-py311-gpu")
     assert ray.__version__ == "2.60.0"
+
+
+def test_every_node_starts_ray_in_the_synced_checkout_with_it_on_pythonpath(config, tmp_path):
+    """`serve.app:build` (serve/config.yaml) and `python jobs/...` live in the checkout that file_mounts syncs to
+    ~/biomedclip, outside the installed package: every node's Ray must start there with it on PYTHONPATH, so that
+    the Serve replicas and job drivers Ray starts import them (tests/test_cluster_serve_deploy.py deploys on it)."""
+    checkout = tmp_path / "home" / "biomedclip"
+    shutil.copytree(REPO / "serve", checkout / "serve")
+    starts = run_like_the_launcher(start_commands(config), tmp_path / "home")
+    assert [start["args"][0] for start in starts] == ["start", "start"]  # head, then worker
+    for start in starts:
+        assert Path(start["cwd"]) == checkout
+        python_path = exported(start).get("PYTHONPATH", "").split(os.pathsep)
+        assert python_path[0] == str(checkout)
+        assert python_path[1:] == [p for p in [os.environ.get("PYTHONPATH")] if p]  # the node's own path kept
+        # Where a Ray worker of that node, started elsewhere, finds the config's import path (found, not run).
+        module = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())["applications"][0]["import_path"]
+        found = subprocess.run([sys.executable, "-c", "import importlib.util, sys; "
+                                "print(importlib.util.find_spec(sys.argv[1]).origin)", module.split(":")[0]],
+                               env=start["env"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert found.returncode == 0, found.stderr[-2000:]
+        assert found.stdout.strip() == str(checkout / "serve" / "app.py")
