@@ -144,3 +144,30 @@ def test_rollout_of_a_new_checkpoint_and_a_new_model_id_fails_no_request(s3_app)
     listed = [model["id"] for model in s3_app.client.get("/v1/models").json()["models"]]
     assert listed == ["alpha", "beta", "gamma"]
     np.testing.assert_allclose(s3_app.embed("gamma"), s3_app.expected("gamma"), atol=1e-5)
+
+
+def test_a_rollout_whose_default_model_cannot_be_loaded_keeps_the_old_replicas_serving(s3_app):
+    """Version 3 names a default model whose URI holds nothing: its model replicas fail to start, Serve gives the
+    rollout up and the version-2 replicas keep answering; no request fails meanwhile."""
+    from ray import serve
+
+    broken = ServingConfig(models={"alpha": f"s3://{BUCKET}/nothing/here", "beta": s3_app.models["beta"]})
+    deployments = {**s3_app.deployments, "ClipModel": {**s3_app.deployments["ClipModel"],
+                                                       "max_constructor_retry_count": 1}}
+    refused: list[RuntimeError] = []
+
+    def redeploy() -> None:
+        try:
+            serve.run(build_app(broken, deployments=deployments), name=APP, route_prefix="/")
+        except RuntimeError as err:  # "Deploying application ... failed"
+            refused.append(err)
+
+    record = requests_during(redeploy, lambda client: client.post("/v1/embed", json={"texts": TEXTS}), s3_app.url)
+    print(f"\nfailed rollout: {record.rollout_seconds:.1f} s; {len(record.answers)} requests, "
+          f"{len(record.failures)} failed")
+    assert refused, "the broken rollout was not refused"
+    status = serve.status().applications[APP].deployments["ClipModel"]  # what `serve status` shows
+    assert "'alpha'" in status.message and f"s3://{BUCKET}/nothing/here" in status.message, status.message
+    assert not record.failures, record.failures[:3]
+    for answer in record.answers:
+        np.testing.assert_allclose(answer.body["text_embeddings"], s3_app.expected("alpha_v2"), atol=1e-5)
