@@ -2,9 +2,11 @@
 Ray, artifacts on the loopback S3 server (moto), expected embeddings from the same artifacts loaded in this process.
 
 One application for the module: version 1 serves `alpha` (the default) and `beta` from S3 plus `broken`, whose URI
-holds nothing; the last test rolls out version 2 (a new checkpoint URI for `alpha`, a new model id `gamma`)."""
+holds nothing, and a VQA model from S3; the last tests roll out version 2 (a new checkpoint URI for `alpha`, a new
+model id `gamma`, no VQA), then a version 3 whose default model cannot be loaded."""
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from biomedclip.serving import ServingConfig
 from biomedclip.serving.app import build_app
 from tests.conftest import free_port
 from tests.serve_helpers import requests_during
-from tests.test_serve_app import PATIENT_CONTROLLER, make_artifact
+from tests.test_serve_app import PATIENT_CONTROLLER, image_bytes, make_artifact, make_vqa_artifact
 
 pytestmark = pytest.mark.slow  # a Serve application and a rollout: about a minute on 2 busy cores
 
@@ -33,6 +35,7 @@ class S3App:
     url: str
     client: httpx.Client
     models: dict[str, str]  # name -> s3:// URI of every artifact uploaded
+    vqa_dir: Path | None  # the VQA artifact served from S3 (None while biomedclip.vqa is not importable)
     engines: dict[str, Predictor]  # name -> the same artifact loaded here, the oracle
     cache: Path  # the ClipModel replicas' $BIOMEDCLIP_CACHE
     s3_endpoint: str
@@ -62,23 +65,29 @@ def s3_app(ray_session, s3_server, tmp_path_factory):
     artifacts = {"alpha_v1": make_artifact(root / "alpha_v1", seed=0), "beta": make_artifact(root / "beta", seed=1),
                  "alpha_v2": make_artifact(root / "alpha_v2", seed=2), "gamma": make_artifact(root / "gamma", seed=3)}
     models = {name: f"s3://{BUCKET}/{name.replace('_', '/')}" for name in artifacts}
+    vqa_dir = make_vqa_artifact(root / "vqa")
+    if vqa_dir is not None:
+        artifacts["vqa"], models["vqa"] = vqa_dir, f"s3://{BUCKET}/vqa"
     for name, directory in artifacts.items():
         upload_dir(directory, models[name], s3_server)
     cache = root / "cache"
     one_replica = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1}}
+    reads_s3 = {"runtime_env": {"env_vars": {"BIOMEDCLIP_CACHE": str(cache), "AWS_ENDPOINT_URL": s3_server}}}
     deployments = {"Ingress": {**one_replica, "ray_actor_options": {"num_cpus": 0.1}},
-                   "ClipModel": {**one_replica, "ray_actor_options": {"num_cpus": 0.25, "runtime_env": {"env_vars": {
-                       "BIOMEDCLIP_CACHE": str(cache), "AWS_ENDPOINT_URL": s3_server}}}}}
+                   "ClipModel": {**one_replica, "ray_actor_options": {"num_cpus": 0.25, **reads_s3}},
+                   "VqaModel": {**one_replica, "ray_actor_options": {"num_cpus": 0.1, **reads_s3}}}
     config = ServingConfig(models={"alpha": models["alpha_v1"], "beta": models["beta"],
-                                   "broken": f"s3://{BUCKET}/nothing/here"}).resolved(root)
+                                   "broken": f"s3://{BUCKET}/nothing/here"},
+                           vqa_artifact=models.get("vqa")).resolved(root)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options=PATIENT_CONTROLLER)
     serve.run(build_app(config, deployments=deployments), name=APP, route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     client = httpx.Client(base_url=url, timeout=120)
-    engines = {name: Predictor.load(directory, model_id=name) for name, directory in artifacts.items()}
+    engines = {name: Predictor.load(directory, model_id=name) for name, directory in artifacts.items()
+               if name != "vqa"}
     try:
-        yield S3App(url, client, models, engines, cache, s3_server, deployments)
+        yield S3App(url, client, models, vqa_dir, engines, cache, s3_server, deployments)
     finally:
         client.close()
         serve.shutdown()
@@ -95,12 +104,28 @@ def test_listing_loads_no_model_and_s3_models_answer_from_a_verified_copy(s3_app
     np.testing.assert_allclose(s3_app.embed(), s3_app.expected("alpha_v1"), atol=1e-5)
     np.testing.assert_allclose(s3_app.embed("beta"), s3_app.expected("beta"), atol=1e-5)
     assert clip_stats()["loads"] == {"alpha": 1, "beta": 1}
+    copied = ["alpha_v1", "beta"] + (["vqa"] if s3_app.vqa_dir else [])
     copies = [marker.parent for marker in s3_app.cache.glob(f"*/{COMPLETE_MARKER}")]
-    assert len(copies) == 2, sorted(s3_app.cache.iterdir())  # one per model, verified against the store's listing
+    assert len(copies) == len(copied), sorted(s3_app.cache.iterdir())  # each verified against the store's listing
     in_cache = sorted(sorted((str(path.relative_to(copy)), path.stat().st_size) for path in copy.rglob("*")
                              if path.is_file() and path.name != COMPLETE_MARKER) for copy in copies)
-    in_store = [sorted(listing(s3_app.models[name], s3_app.s3_endpoint).items()) for name in ("alpha_v1", "beta")]
-    assert in_cache == sorted(in_store)
+    assert in_cache == sorted(sorted(listing(s3_app.models[name], s3_app.s3_endpoint).items()) for name in copied)
+
+
+def test_the_vqa_model_from_s3_answers_like_the_predictor(s3_app):
+    if s3_app.vqa_dir is None:
+        pytest.skip("biomedclip.vqa is not importable")
+    from PIL import Image
+
+    from biomedclip.vqa.artifact import load_vqa_predictor
+
+    data, question = image_bytes(7), "Is there a fracture?"
+    response = s3_app.client.post("/v1/vqa", files={"image": ("scan.png", data, "image/png")},
+                                  data={"question": question})
+    assert response.status_code == 200, response.text
+    want = load_vqa_predictor(s3_app.vqa_dir).predict([Image.open(io.BytesIO(data)).convert("RGB")], [question])[0]
+    assert response.json()["answer"] == want["answer"]
+    assert response.json()["confidence"] == pytest.approx(want["confidence"], abs=1e-5)
 
 
 def test_a_model_that_cannot_be_fetched_fails_only_its_own_requests(s3_app):
@@ -120,7 +145,7 @@ def test_rollout_of_a_new_checkpoint_and_a_new_model_id_fails_no_request(s3_app)
     from ray import serve
 
     version_2 = ServingConfig(models={"alpha": s3_app.models["alpha_v2"], "beta": s3_app.models["beta"],
-                                      "gamma": s3_app.models["gamma"]})
+                                      "gamma": s3_app.models["gamma"]})  # and no VQA: one replica less to start
     rebuilt = build_app(version_2, deployments=s3_app.deployments)
     record = requests_during(lambda: serve.run(rebuilt, name=APP, route_prefix="/"),
                              lambda client: client.post("/v1/embed", json={"texts": TEXTS}), s3_app.url)
