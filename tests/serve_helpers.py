@@ -1,12 +1,22 @@
-"""A model artifact that retrieves without pretraining, for the search tests: random tiny towers (frozen) whose
-projection heads are fitted to paired training figures by CCA (seconds with numpy, where training would take
-minutes). The fitted heads map an image and its caption close together, so text-to-image search has something to find.
+"""Helpers for the Serve tests.
+
+- `fitted_artifact`: a model artifact that retrieves without pretraining, for the search tests: random tiny towers
+  (frozen) whose projection heads are fitted to paired training figures by CCA (seconds with numpy, where training
+  would take minutes). The fitted heads map an image and its caption close together, so text-to-image search has
+  something to find.
+- `requests_during`: clients that keep sending requests while a rollout (`serve deploy` of a changed config) runs,
+  recording every answer, for the tests that a rollout fails no request.
 """
 from __future__ import annotations
 
 import io
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import torch
@@ -57,3 +67,83 @@ def fitted_artifact(pairs_dir: Path, directory: Path, seed: int = 0) -> Path:
     text.proj[2].weight.copy_(torch.from_numpy(text_head.T) * 2 / GELU_SCALE)
     model.logit_scale.fill_(np.log(50.0))
     return save_artifact(model, tokenizer, directory)
+
+
+@dataclass
+class Answer:
+    sent_at: float  # seconds since the rollout began (negative: before it)
+    seconds: float
+    status: int | None  # None: no HTTP response (connection refused or reset, timeout)
+    body: dict | str  # the JSON answer, else the response text or the client's exception
+
+
+@dataclass
+class RolloutRecord:
+    answers: list[Answer] = field(default_factory=list)
+    rollout_seconds: float = 0.0  # how long `redeploy` took
+
+    @property
+    def failures(self) -> list[Answer]:
+        return [answer for answer in self.answers if answer.status != 200]
+
+    @property
+    def during(self) -> list[Answer]:
+        """The answers to requests sent while `redeploy` ran."""
+        return [answer for answer in self.answers if 0 <= answer.sent_at < self.rollout_seconds]
+
+
+def requests_during(redeploy: Callable[[], object], send: Callable[[httpx.Client], httpx.Response], base_url: str,
+                    headers: dict | None = None, clients: int = 2, answers_after: int = 4,
+                    timeout_s: float = 180.0) -> RolloutRecord:
+    """Runs `redeploy()` (e.g. `serve.run` of the rebuilt app under the same name, or `serve deploy`) while `clients`
+    threads each keep calling `send(client)` one request after another, and returns every answer.
+
+    The rollout starts once every client has had an answer (so requests are in flight when it begins); the clients
+    stop once each has had `answers_after` answers to requests sent after `redeploy` returned, so the last answers
+    come from the new version. `redeploy` runs in the calling thread (Ray's cluster utilities want the main one)."""
+    answers: list[tuple[float, float, int | None, dict | str]] = []  # (sent, seconds, status, body)
+    lock, rolled_out, stop = threading.Lock(), threading.Event(), threading.Event()
+    answered = [threading.Event() for _ in range(clients)]
+    after = [0] * clients
+
+    def client_loop(index: int) -> None:
+        with httpx.Client(base_url=base_url, headers=headers or {}, timeout=timeout_s) as client:
+            while not stop.is_set():
+                sent, sent_after = time.monotonic(), rolled_out.is_set()
+                try:
+                    response = send(client)
+                    status, body = response.status_code, _body(response)
+                except httpx.HTTPError as err:
+                    status, body = None, f"{type(err).__name__}: {err}"
+                with lock:
+                    answers.append((sent, time.monotonic() - sent, status, body))
+                    after[index] += sent_after
+                    if all(count >= answers_after for count in after):
+                        stop.set()
+                answered[index].set()
+
+    threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        if not all(event.wait(timeout_s) for event in answered):
+            raise TimeoutError(f"a client had no answer within {timeout_s} s before the rollout")
+        began = time.monotonic()
+        redeploy()
+        ended = time.monotonic()
+        rolled_out.set()
+        for thread in threads:
+            thread.join(timeout_s)
+    finally:
+        stop.set()
+    if any(thread.is_alive() for thread in threads):
+        raise TimeoutError(f"clients still waiting for answers {timeout_s} s after the rollout")
+    ordered = sorted(answers, key=lambda answer: answer[0])
+    return RolloutRecord([Answer(sent - began, *rest) for sent, *rest in ordered], rollout_seconds=ended - began)
+
+
+def _body(response: httpx.Response) -> dict | str:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text

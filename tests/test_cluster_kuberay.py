@@ -1,5 +1,5 @@
 """KubeRay manifests and the image recipe: structure, token auth, GPU groups that fit the job, paths that exist,
-and a RayService whose Serve config is serve/config.yaml."""
+and a RayService whose Serve config is serve/config.yaml with its models on S3."""
 from __future__ import annotations
 
 import importlib.util
@@ -13,8 +13,9 @@ import pytest
 import ray
 import yaml
 
-from biomedclip.config import load_config
-from biomedclip.serving.config import MODEL_DIR_ENV, AuthConfig
+from biomedclip.config import from_dict, load_config
+from biomedclip.io.transfer import CACHE_ENV
+from biomedclip.serving.config import MODEL_DIR_ENV, AuthConfig, ServingConfig
 from biomedclip.train.config import PretrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -157,14 +158,22 @@ def test_rayjob_cluster_fits_the_job():
         assert gpus(group) * cfg.run.cpus_per_worker < cpus, group["groupName"]
 
 
-def test_rayservice_serve_config_is_serve_config_yaml():
+def test_rayservice_serve_config_is_serve_config_yaml_with_models_on_s3():
     serve_config = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
     deployed = yaml.safe_load(load("rayservice.yaml")["spec"]["serveConfigV2"])
-    assert deployed["applications"] == serve_config["applications"]
-    # Only the bind address differs: loopback on a laptop, the pod's interface behind KubeRay's Service.
+    args = deployed["applications"][0]["args"]
+    config = from_dict(ServingConfig, args)  # unknown keys or bad values raise
+    assert config.models and all(uri.startswith("s3://") for uri in config.models.values()), config.models
+    assert config.resolved(REPO).models == config.models  # URIs are never taken as paths
+    # Only the model locations (S3 on the cluster, local on a laptop) and the bind address (the pod's interface
+    # behind KubeRay's Service) differ.
+    without_models = [{**app, "args": {k: v for k, v in app["args"].items() if k != "models"}}
+                      for app in deployed["applications"]]
+    assert without_models == [{**app, "args": {k: v for k, v in app["args"].items() if k != "models"}}
+                              for app in serve_config["applications"]]
     assert deployed["http_options"] == {**serve_config["http_options"], "host": "0.0.0.0"}
-    assert {k: v for k, v in deployed.items() if k != "http_options"} == \
-        {k: v for k, v in serve_config.items() if k != "http_options"}
+    assert {k: v for k, v in deployed.items() if k not in ("http_options", "applications")} == \
+        {k: v for k, v in serve_config.items() if k not in ("http_options", "applications")}
 
 
 def test_rayservice_import_paths_resolve():
@@ -179,14 +188,30 @@ def test_rayservice_import_paths_resolve():
         assert callable(getattr(module, attribute)), app["import_path"]
 
 
-def test_rayservice_env_names_are_the_ones_the_library_reads():
+def test_rayservice_pods_read_s3_as_the_service_account_with_a_cache_and_the_key_from_a_secret():
     spec = load("rayservice.yaml")["spec"]["rayClusterConfig"]
-    for container in containers(spec):
-        names = {env["name"] for env in container["env"]}
-        assert {MODEL_DIR_ENV, AuthConfig().key_env} <= names, container["name"]
-        mounts = {m["mountPath"] for m in container["volumeMounts"]}
-        model_dir = next(env["value"] for env in container["env"] if env["name"] == MODEL_DIR_ENV)
-        assert any(model_dir.startswith(mount + "/") for mount in mounts), container["name"]
+    account = load("serviceaccount.yaml")["metadata"]["name"]
+    for template in pod_templates(spec):
+        pod = template["spec"]
+        assert pod["serviceAccountName"] == account
+        assert not any("persistentVolumeClaim" in volume for volume in pod.get("volumes", []))  # models come from S3
+        container = pod["containers"][0]
+        env = {item["name"]: item for item in container["env"]}
+        assert MODEL_DIR_ENV not in env, "the models are named in serveConfigV2, where a rollout changes them"
+        assert env[AuthConfig().key_env]["valueFrom"]["secretKeyRef"] == {"name": "biomedclip-api-key",
+                                                                          "key": "api-key"}
+        cache = env[CACHE_ENV]["value"]
+        mounted = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        empty_dirs = {volume["name"] for volume in pod["volumes"] if "emptyDir" in volume}
+        assert mounted.get(cache) in empty_dirs, container["name"]  # a per-pod cache, gone with the pod
+
+
+def test_rayservice_gpu_group_is_pinned_to_its_accelerator_type():
+    groups = load("rayservice.yaml")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    for group in groups:
+        pinned = {key for key in ray_resources(group) if key.startswith("accelerator_type:")}
+        assert pinned == ({"accelerator_type:A10G"} if gpus(group) else set()), group["groupName"]
+    assert instance_type(next(group for group in groups if gpus(group))) == "g5.2xlarge"  # A10G GPUs
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:

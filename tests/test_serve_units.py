@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from biomedclip.config import ConfigError, from_dict
+from biomedclip.serving.artifacts import ArtifactUnavailable, fetch_artifact
 from biomedclip.serving.auth import AuthError, check_api_key, read_api_key
-from biomedclip.serving.config import AuthConfig, LimitsConfig, ServingConfig
+from biomedclip.serving.config import AuthConfig, LimitsConfig, SearchConfig, ServingConfig
 from biomedclip.serving.errors import RequestError
 from biomedclip.serving.prompt_cache import PromptCache
 from biomedclip.serving.validation import check_templates, check_text, check_texts, decode_base64, decode_image
@@ -184,6 +185,21 @@ def test_serving_config_checks_and_resolves(tmp_path, monkeypatch):
     config = ServingConfig(models={"a": "x", "b": "y"}, default_model="b").resolved(tmp_path)
     assert config.models == {"a": str(tmp_path / "x"), "b": "/elsewhere/model"}
     assert config.vqa_artifact == str(tmp_path / "vqa")
+    monkeypatch.setenv("BIOMEDCLIP_MODEL_DIR", "s3://models/run-7/final")  # URIs are never taken as relative paths
+    monkeypatch.setenv("BIOMEDCLIP_VQA_DIR", "gs://models/vqa")
+    config = ServingConfig(models={"a": "s3://models/run-6/final", "b": "y"}, default_model="b",
+                           search=SearchConfig(index="file:///srv/index")).resolved(tmp_path)
+    assert config.models == {"a": "s3://models/run-6/final", "b": "s3://models/run-7/final"}
+    assert config.vqa_artifact == "gs://models/vqa" and config.search.index == "file:///srv/index"
+
+
+def test_an_artifact_that_cannot_be_fetched_is_named_with_its_location(s3_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("BIOMEDCLIP_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ArtifactUnavailable, match=r"model 'x' at s3://no-such-bucket/model: cannot copy"):
+        fetch_artifact("model 'x'", "s3://no-such-bucket/model")
+    with pytest.raises(ArtifactUnavailable, match=rf"VQA model at {tmp_path}/absent: no such directory"):
+        fetch_artifact("VQA model", str(tmp_path / "absent"))
 
 
 # --- the OpenAPI contract: declared from the same models that validate ---

@@ -14,12 +14,13 @@ from ray.serve import Application
 
 from biomedclip.config import from_dict
 from biomedclip.serving.clip_deployment import clip_deployment
-from biomedclip.serving.config import ServingConfig
+from biomedclip.serving.config import ROLLOUT_OPTIONS, ServingConfig
 from biomedclip.serving.ingress import Ingress
 from biomedclip.serving.search_deployment import search_deployment
 from biomedclip.serving.vqa_deployment import vqa_deployment
 
 INGRESS_OPTIONS = {
+    **ROLLOUT_OPTIONS,
     "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "initial_replicas": 1, "target_ongoing_requests": 32},
     "max_ongoing_requests": 256,
     "ray_actor_options": {"num_cpus": 0.2},

@@ -1,7 +1,10 @@
 """The BiomedCLIP model deployment: several artifacts multiplexed by model id, image encodes batched across requests.
 
 The ingress names the model with `handle.options(multiplexed_model_id=...)`; Serve routes to a replica that has it
-loaded and splits batches by model id, so one batch always runs on one model.
+loaded and splits batches by model id, so one batch always runs on one model. A replica loads the default model when
+it starts and any other on its first request for it (a remote artifact is copied to the node's cache first): a model
+that cannot be fetched or loaded fails only the requests for it, with an error naming it and its location, while the
+other models keep serving.
 
 Model work runs on the replica's event loop, blocking it, on purpose: Serve forms the next batch as soon as requests
 arrive and only then waits for the running one, so with the loop free (a worker thread) every batch after the
@@ -13,7 +16,6 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import ray
@@ -22,34 +24,43 @@ from PIL import Image
 from ray import serve
 
 from biomedclip.inference import Predictor, rank_labels
-from biomedclip.serving.config import ServingConfig
+from biomedclip.serving.artifacts import ArtifactUnavailable, fetch_artifact
+from biomedclip.serving.config import ROLLOUT_OPTIONS, ServingConfig
 from biomedclip.serving.prompt_cache import PromptCache
 
 logger = logging.getLogger("ray.serve")
 
 
 class ClipModel:
-    def __init__(self, config: ServingConfig):
-        missing = {mid: path for mid, path in config.models.items() if not Path(path).is_dir()}
-        if missing:
-            raise FileNotFoundError(f"model artifact directories not found: {missing}")
+    async def __init__(self, config: ServingConfig):
         self.config = config
         self.device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"  # GPUs Serve gave it
         self.prompt_cache = PromptCache(config.prompt_cache_size)
         self.fatal_error: str | None = None
         self.batch_sizes: Counter[int] = Counter()
+        self.loads: Counter[str] = Counter()  # model id -> loads this replica began
         # Wrapped here rather than at class level so that the config sets the limit; Serve wants a plain function.
         self.engine = serve.multiplexed(max_num_models_per_replica=config.max_models_per_replica)(self._loader())
         batching = config.batching
         self._encode_batch = serve.batch(max_batch_size=batching.max_batch_size,
                                          batch_wait_timeout_s=batching.batch_wait_timeout_s)(self._encode_images)
+        # Ready only with the default model loaded: a rollout's new replica takes traffic warm, and one whose default
+        # model cannot be loaded never replaces a working one (Serve keeps the old replicas when the new ones fail).
+        await self.engine(config.default_model_id)
 
     def _loader(self):
-        models, device = self.config.models, self.device
+        models, device, loads = self.config.models, self.device, self.loads
 
         async def load(model_id: str) -> Predictor:
-            logger.info("loading model %r from %s on %s", model_id, models[model_id], device)
-            return await asyncio.to_thread(Predictor.load, models[model_id], device, model_id)
+            location = models[model_id]
+            logger.info("loading model %r from %s on %s", model_id, location, device)
+            loads[model_id] += 1
+            directory = await asyncio.to_thread(fetch_artifact, f"model {model_id!r}", location)
+            try:
+                return await asyncio.to_thread(Predictor.load, directory, device, model_id)
+            except Exception as err:  # whatever the artifact held (missing file, wrong shapes): named, not hidden
+                raise ArtifactUnavailable(f"model {model_id!r} at {location}: cannot load it "
+                                          f"({type(err).__name__}: {err})") from err
 
         return load
 
@@ -107,9 +118,10 @@ class ClipModel:
         return {**engine.describe(), "default": engine.model_id == self.config.default_model_id}
 
     def stats(self) -> dict:
-        """Prompt-cache counters, how many batches of each size this replica ran, and its CPU time so far."""
+        """Prompt-cache counters, how many batches of each size this replica ran, the models it loaded and its CPU
+        time so far."""
         return {"prompt_cache": self.prompt_cache.stats(), "batch_sizes": dict(self.batch_sizes),
-                "cpu_seconds": time.process_time()}
+                "loads": dict(self.loads), "cpu_seconds": time.process_time()}
 
     def check_health(self) -> None:
         if self.fatal_error is not None:
@@ -120,6 +132,7 @@ class ClipModel:
 
 # Serve's own options; `deployments:` in serve/config.yaml (or build_app's `deployments`) override them.
 DEPLOYMENT_OPTIONS = {
+    **ROLLOUT_OPTIONS,
     "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "initial_replicas": 1,
                            "target_ongoing_requests": 16},
     "max_ongoing_requests": 64,

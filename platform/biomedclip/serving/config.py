@@ -1,7 +1,9 @@
 """Typed configuration of the inference application: models, batching, search, request limits and auth.
 
 Loaded from the `args:` section of serve/config.yaml (or built in Python). The API key itself never appears here:
-`auth` only names the environment variables that hold the key or the path of a file holding it.
+`auth` only names the environment variables that hold the key or the path of a file holding it. Artifacts (models,
+the VQA model, the search index) are local folders or URIs (`s3://...`, any pyarrow filesystem); replicas copy remote
+ones into their node's cache ($BIOMEDCLIP_CACHE) before loading them, reaching S3 at $AWS_ENDPOINT_URL when set.
 """
 from __future__ import annotations
 
@@ -15,6 +17,10 @@ from biomedclip.io import is_local
 DEFAULT_MODEL_DIR = "demo_out/model"
 MODEL_DIR_ENV = "BIOMEDCLIP_MODEL_DIR"
 VQA_DIR_ENV = "BIOMEDCLIP_VQA_DIR"
+# Serve options every deployment shares, for rollouts (`serve deploy` of a changed config) that fail no request: new
+# replicas start before old ones stop (surge), and an old replica drains its ongoing requests before it exits.
+ROLLOUT_OPTIONS = {"max_surge_percent": 100, "graceful_shutdown_wait_loop_s": 2.0,
+                   "graceful_shutdown_timeout_s": 60.0}
 # BiomedCLIP's zero-shot prompt.
 DEFAULT_TEMPLATES = ("this is a photo of {}",)
 
@@ -76,9 +82,10 @@ class SearchConfig:
 class ServingConfig:
     """App settings only: replicas, autoscaling and resources are Serve's own per-deployment options (the
     `deployments:` section of serve/config.yaml, or `build_app(..., deployments=...)`)."""
-    models: dict[str, str] = field(default_factory=lambda: {"default": DEFAULT_MODEL_DIR})  # model id -> artifact
+    # model id -> artifact folder or URI; replicas load a model on its first request (up to max_models_per_replica)
+    models: dict[str, str] = field(default_factory=lambda: {"default": DEFAULT_MODEL_DIR})
     default_model: str | None = None  # None: the first of `models`
-    vqa_artifact: str | None = None  # None: /v1/vqa answers 503
+    vqa_artifact: str | None = None  # folder or URI; None: /v1/vqa answers 503
     templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
     prompt_cache_size: int = 1024  # label sets per replica
     max_models_per_replica: int = 3
@@ -106,19 +113,22 @@ class ServingConfig:
         return self.search.model or self.default_model_id
 
     def resolved(self, base_dir: str | Path) -> ServingConfig:
-        """Applies the env overrides (model and VQA directories) and makes artifact paths absolute."""
+        """Applies the env overrides (model and VQA artifacts) and makes local artifact paths absolute; URIs stay as
+        they are."""
         models = dict(self.models)
         if os.environ.get(MODEL_DIR_ENV):
             models[self.default_model_id] = os.environ[MODEL_DIR_ENV]
         vqa = os.environ.get(VQA_DIR_ENV) or self.vqa_artifact
         base = Path(base_dir)
-        index = self.search.index
-        return replace(self, models={k: str(_absolute(v, base)) for k, v in models.items()},
-                       vqa_artifact=None if vqa is None else str(_absolute(vqa, base)),
-                       search=replace(self.search, index=index if index is None or not is_local(index)
-                                      else str(_absolute(index, base))))
+        return replace(self, models={k: _absolute(v, base) for k, v in models.items()},
+                       vqa_artifact=None if vqa is None else _absolute(vqa, base),
+                       search=replace(self.search, index=None if self.search.index is None
+                                      else _absolute(self.search.index, base)))
 
 
-def _absolute(path: str, base: Path) -> Path:
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
+def _absolute(location: str, base: Path) -> str:
+    """A local path made absolute against `base`; a URI (file:// too) unchanged."""
+    if not is_local(location) or "://" in location:
+        return location
+    path = Path(location).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())

@@ -18,6 +18,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.handle import DeploymentHandle
 
+from biomedclip.serving.artifacts import ArtifactUnavailable
 from biomedclip.serving.auth import check_api_key, read_api_key
 from biomedclip.serving.config import ServingConfig
 from biomedclip.serving.errors import RequestError, install_error_handlers
@@ -57,6 +58,9 @@ async def _answer(response, timeout_s: float | None = None):
     except (RayActorError, RayServeException) as err:
         raise RequestError(503, "model", f"no model replica could answer ({type(err).__name__}); retry later") from err
     except RayTaskError as err:
+        if isinstance(err.cause, ArtifactUnavailable):  # this model only; the others keep serving
+            logger.error("%s", err.cause)
+            raise RequestError(503, "model", str(err.cause)) from err
         logger.error("model deployment failed: %s", err)
         raise RequestError(500, "model", "the model failed on this request; the error was logged") from err
 
@@ -110,9 +114,11 @@ class Ingress:
 
     @api.get("/v1/models", response_model=ModelsResponse, responses=ERRORS)
     async def models(self, request: Request) -> dict:
+        """The model ids this server answers for, from its config: listing loads none of them."""
         check_api_key(self.api_key, request.headers)
-        infos = [await _answer(self._clip(model_id).describe.remote()) for model_id in self.config.models]
-        return {"default": self.config.default_model_id, "models": infos, **self._available()}
+        default = self.config.default_model_id
+        infos = [{"id": model_id, "default": model_id == default} for model_id in self.config.models]
+        return {"default": default, "models": infos, **self._available()}
 
     @api.post("/v1/zero-shot", responses=ERRORS,
               response_model=ZeroShotResponse | ZeroShotBatchResponse | list[HfLabelScore])

@@ -14,7 +14,7 @@ from biomedclip.serving.config import LimitsConfig
 from biomedclip.serving.schemas import RequestModels
 
 TITLE = "BiomedCLIP inference"
-VERSION = "1.1"
+VERSION = "2.0"  # 2.0: /v1/models lists ids only (listing loads no model)
 DESCRIPTION = ("Zero-shot classification, visual question answering, embeddings and figure search for biomedical "
                "images. Send `X-API-Key` (or `Authorization: Bearer`) when the server has a key. Errors are "
                '`{"error": {"status", "field", "message"}}`.')

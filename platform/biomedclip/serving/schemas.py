@@ -215,12 +215,6 @@ class SearchResponse(BaseModel):
 class ModelInfo(BaseModel):
     id: str
     default: bool
-    embed_dim: int
-    vision: str
-    image_size: int
-    text: str
-    context_length: int
-    device: str
 
 
 class ModelsResponse(BaseModel):

@@ -2,7 +2,8 @@
 
 It holds a predictor from `biomedclip.vqa.artifact.load_vqa_predictor(dir, device)`, whose
 `predict(images, questions) -> [{"answer", "confidence", "answer_type"}]` answers a batch. The import happens in the
-replica, so the rest of the service runs without the VQA package.
+replica, so the rest of the service runs without the VQA package. A remote artifact is copied to the node's cache
+first (see artifacts.py).
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 from PIL import Image
 from ray import serve
 
-from biomedclip.serving.config import ServingConfig
+from biomedclip.serving.artifacts import fetch_artifact
+from biomedclip.serving.config import ROLLOUT_OPTIONS, ServingConfig
 
 
 class VqaModel:
@@ -19,7 +21,7 @@ class VqaModel:
         from biomedclip.vqa.artifact import load_vqa_predictor
 
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-        self.predictor = load_vqa_predictor(config.vqa_artifact, device=device)
+        self.predictor = load_vqa_predictor(fetch_artifact("VQA model", config.vqa_artifact), device=device)
         self.fatal_error: str | None = None
         batching = config.batching
         self._answer_batch = serve.batch(max_batch_size=batching.max_batch_size,
@@ -44,6 +46,7 @@ class VqaModel:
 
 
 DEPLOYMENT_OPTIONS = {
+    **ROLLOUT_OPTIONS,
     "autoscaling_config": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": 1,
                            "target_ongoing_requests": 8},
     "max_ongoing_requests": 64,
