@@ -22,6 +22,7 @@ from biomedclip.io import (
 )
 from biomedclip.io.transfer import listing
 from biomedclip.io.trees import TooLarge, UnsafeKey
+from tests.conftest import free_port
 
 
 @pytest.fixture
@@ -121,4 +122,6 @@ def test_directories_move_whole_and_remote_ones_are_cached_verified(bucket, s3_s
     assert (local_copy(uri, s3_server, refresh=True) / "weights.bin").read_bytes() == b"v" * 101
     with pytest.raises(FileNotFoundError, match="no-such"):
         local_copy(f"{bucket}/no-such", s3_server)
+    unreachable = f"http://127.0.0.1:{free_port()}"  # nothing listens there: the verified copy still serves
+    assert (local_copy(uri, unreachable, refresh=True) / "weights.bin").read_bytes() == b"v" * 101
     assert local_copy(str(tmp_path)) == tmp_path  # a local folder is used where it is

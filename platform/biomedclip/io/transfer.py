@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import shutil
@@ -19,6 +20,8 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from biomedclip.io.filesystems import filesystem
+
+log = logging.getLogger(__name__)
 
 CACHE_ENV = "BIOMEDCLIP_CACHE"
 COMPLETE_MARKER = ".complete.json"  # written last into a cached copy: what was copied, file by file
@@ -97,7 +100,8 @@ def staged_dir(uri: str, s3_endpoint: str | None = None) -> Iterator[Path]:
 def local_copy(uri: str, s3_endpoint: str | None = None, refresh: bool = False) -> Path:
     """A local folder holding the directory `uri`: the folder itself when local, else a cached copy under
     `cache_root()`, made once per node and verified (every file present with the size the store lists).
-    `refresh`: copy again if any file changed in the store since (size or modification time)."""
+    `refresh`: copy again if any file changed in the store since (size or modification time); when the store cannot
+    be reached, a verified copy made earlier is used."""
     fs, root = filesystem(uri, s3_endpoint)
     if isinstance(fs, pafs.LocalFileSystem):
         return Path(root)
@@ -106,7 +110,13 @@ def local_copy(uri: str, s3_endpoint: str | None = None, refresh: bool = False) 
     cached = _read_marker(target)
     if cached is not None and _verified(target, cached) and not refresh:
         return target
-    files = _files(uri, s3_endpoint)
+    try:
+        files = _files(uri, s3_endpoint)
+    except OSError as err:  # the store is unreachable: a verified copy made earlier still serves
+        if cached is None or not _verified(target, cached):
+            raise
+        log.warning("%s: cannot check the store (%s); using the verified copy in %s", uri, err, target)
+        return target
     if not files:
         raise FileNotFoundError(f"{uri}: no such directory, or it holds no files")
     if cached is not None and _verified(target, cached) and cached == files:
