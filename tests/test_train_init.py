@@ -34,7 +34,7 @@ from biomedclip.samples.figures import render_figure
 from biomedclip.train.config import PretrainConfig
 from biomedclip.train.optim import OptimConfig, cosine_with_warmup, lr_multipliers
 from biomedclip.train.step import accumulate_gradients
-from biomedclip.train.trainer import card_facts, initial_state, localize_sources, prepare_tokenizer
+from biomedclip.train.trainer import card_facts, initial_state, localize_sources, output_location, prepare_tokenizer
 from tests.helpers import load_job, tiny_config, train_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -231,6 +231,18 @@ def test_a_run_without_a_configured_tokenizer_takes_its_own_from_s3_before_train
     with staged_dir(f"{root}/out/tokenizer") as directory:  # the output's own copy comes first
         older.save(directory)
     assert prepare_tokenizer(cfg, print).backend.to_str() == older.backend.to_str()
+
+
+def test_an_output_location_pyarrow_cannot_open_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert output_location(tiny_run(None, "run.output_dir=runs/x")) == str(tmp_path / "runs" / "x")  # absolute
+    assert output_location(tiny_run(None, "run.output_dir=s3://bucket/runs/x/")) == "s3://bucket/runs/x"  # as given
+    with pytest.raises(ConfigError, match=r"run.output_dir: nosuchscheme://b/x: pyarrow cannot open nosuchscheme://"):
+        output_location(tiny_run(None, "run.output_dir=nosuchscheme://b/x"))
+    assert load_job("pretrain").JOB.main(["--config", str(REPO / "jobs/configs/tiny.yaml"), "--set", "data.path=.",
+                                          "--set", "run.output_dir=nosuchscheme://b/x"]) == 2
+    assert "pyarrow cannot open nosuchscheme:// URIs" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no folder made from the URI
 
 
 def test_model_card_names_the_recipe_and_figures_but_no_paths(trained_224):
