@@ -7,14 +7,15 @@
 
 --checkpoint is a model artifact directory (ours or an open_clip BiomedCLIP one). --data is a Parquet split
 (retrieval, and zero-shot with a caption-keyword task) or a labelled dataset: class folders, PCam .h5, RSNA label
-CSV, path,label CSV.
+CSV, path,label CSV. --checkpoint, a Parquet --data and --output may be s3:// (or any pyarrow filesystem) URIs, e.g.
+`--checkpoint s3://bucket/runs/x/final --data s3://bucket/pairs --output s3://bucket/runs/x/eval`; S3-compatible
+servers are reached through $AWS_ENDPOINT_URL.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from biomedclip import cli
 
@@ -22,11 +23,12 @@ TASKS = ("retrieval", "zeroshot", "linear-probe")
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, type=Path, help="model artifact directory")
+    # strings, not Paths: a Path would fold s3://bucket into s3:/bucket
+    parser.add_argument("--checkpoint", required=True, help="model artifact directory (folder or URI)")
     parser.add_argument("--task", required=True, choices=TASKS)
-    parser.add_argument("--data", required=True, type=Path, help="Parquet split or labelled dataset")
-    parser.add_argument("--test-data", type=Path, help="linear probe: test set (none: a stratified hold-out)")
-    parser.add_argument("--output", type=Path, default=Path("eval_out"), help="folder for the report and plots")
+    parser.add_argument("--data", required=True, help="Parquet split (folder or URI) or labelled dataset")
+    parser.add_argument("--test-data", help="linear probe: test set (none: a stratified hold-out)")
+    parser.add_argument("--output", default="eval_out", help="folder or URI for the report and plots")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -38,6 +40,7 @@ def run(args: argparse.Namespace) -> dict:
     from biomedclip.evaluate.report import summary
 
     config = cli.load(EvaluateConfig, args)
+    cli.location(args.output, "--output")
     cli.start_ray(args)
     if args.task == "retrieval":
         report = run_retrieval(args.checkpoint, args.data, config, args.output)

@@ -2,10 +2,12 @@
 
     python jobs/pretrain.py --config jobs/configs/tiny.yaml --set data.path=demo_out/pairs
     python jobs/pretrain.py --config jobs/configs/paper.yaml --set data.path=s3://bucket/pairs \\
-        --set run.storage_path=s3://bucket/runs --set run.num_workers=8
+        --set run.output_dir=s3://bucket/runs/paper --set run.num_workers=8
 
-Runs on a local Ray or joins a cluster (RAY_ADDRESS, or `ray job submit -- python jobs/pretrain.py ...`). Rerunning
-the same command with the same run.name and storage resumes from the last checkpoint.
+Runs on a local Ray or joins a cluster (RAY_ADDRESS, or `ray job submit -- python jobs/pretrain.py ...`).
+run.output_dir (a folder, s3:// or any pyarrow URI) receives tokenizer/, final/, open_clip/, tensorboard/, curves.png
+and, unless run.storage_path says otherwise, checkpoints/. Rerunning the same command with the same run.name and
+storage resumes from the last checkpoint, with the run's tokenizer, on any cluster.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> PretrainResult:
     # Libraries are imported here, not at the top: --help and usage errors answer at once.
     from biomedclip.train.config import PretrainConfig, check_initialisation
-    from biomedclip.train.trainer import run_pretraining, workers_cpus
+    from biomedclip.train.trainer import output_location, run_pretraining, workers_cpus
 
     cfg = cli.load(PretrainConfig, args)
     check_initialisation(cfg)  # before Ray starts
+    output_location(cfg)  # refuses a URI scheme pyarrow cannot open
     if not cfg.data.path:
         raise cli.UsageError("data.path: set it to the extraction output (a directory or s3://bucket/prefix)")
     cli.existing(cfg.data.path, "data.path")

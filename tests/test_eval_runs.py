@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import boto3
 import numpy as np
 import open_clip
 import pyarrow as pa
@@ -26,6 +27,7 @@ from biomedclip.evaluate.embed import EmbedConfig, embed_pairs
 from biomedclip.evaluate.linear_probe import LinearProbeConfig, stratified_split, stratified_subset
 from biomedclip.evaluate.runs import RetrievalConfig, task_data_format
 from biomedclip.inference import Predictor
+from biomedclip.io.transfer import download_dir, upload_dir
 from biomedclip.model import ModelConfig, TextConfig, VisionConfig, build_model, eval_transform
 from biomedclip.model.artifact import load_artifact, save_artifact
 from biomedclip.model.export import export_open_clip
@@ -120,9 +122,24 @@ def test_ray_embedding_equals_the_model_in_process(ray_session, artifact, pairs_
     assert "unreadable image" in embedded.problems[0].reason
 
 
-def test_retrieval_report_equals_brute_force(ray_session, artifact, pairs_root, tmp_path):
+def on_s3(s3_server: str, monkeypatch, prefix: str, **folders: Path) -> dict[str, str]:
+    """Each local folder uploaded to s3://eval/<prefix>/<name> (and where to write: `out`), reached through
+    $AWS_ENDPOINT_URL alone (actors' environment was fixed before: the job passes the driver's on)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    boto3.client("s3").create_bucket(Bucket="eval")
+    root = f"s3://eval/{prefix}"
+    for name, folder in folders.items():
+        upload_dir(folder, f"{root}/{name}")
+    return {name: f"{root}/{name}" for name in [*folders, "out"]}
+
+
+def test_retrieval_report_equals_brute_force(ray_session, artifact, pairs_root, tmp_path, s3_server, monkeypatch):
+    """Model, pairs and report all on S3 (the report is the one on S3)."""
+    uris = on_s3(s3_server, monkeypatch, tmp_path.name, artifact=artifact, pairs=pairs_root)
     config = EvaluateConfig(retrieval=RetrievalConfig(chunk_size=3), embed=EmbedConfig(batch_size=5))
-    report = run_retrieval(artifact, pairs_root, config, output_dir=tmp_path)
+    report = run_retrieval(uris["artifact"], uris["pairs"], config, output_dir=uris["out"])
+    assert report["data"] == f"{uris['pairs']}/test"
+    download_dir(uris["out"], tmp_path)
     _, images, texts = direct_pair_features(artifact, pairs_root)
     image_ranks, text_ranks = brute_force_ranks(images, texts)
     metrics = report["metrics"]
@@ -175,12 +192,19 @@ def test_linear_probe_equals_sklearn_on_the_same_features(ray_session, artifact,
     assert (tmp_path / "linear_probe.png").is_file()
 
 
-def test_job_runs_the_demo_zeroshot_on_caption_keywords(ray_session, artifact, pairs_root, tmp_path, capsys):
-    out = tmp_path / "out"
-    code = EVALUATE.JOB.main(["--checkpoint", str(artifact), "--task", "zeroshot", "--data", str(pairs_root / "test"),
-                          "--config", str(REPO / "jobs/configs/evaluate_demo.yaml"), "--output", str(out)])
+def test_job_runs_the_demo_zeroshot_on_caption_keywords(ray_session, artifact, pairs_root, tmp_path, capsys,
+                                                        s3_server, monkeypatch):
+    """The command line with the model and the report on S3 (URIs reach the job as given, not folded into paths)."""
+    uris = on_s3(s3_server, monkeypatch, tmp_path.name, artifact=artifact)
+    assert EVALUATE.JOB.main(["--checkpoint", uris["artifact"], "--task", "zeroshot", "--data", str(pairs_root),
+                              "--output", "nosuchscheme://x/y"]) == 2
+    assert "--output: nosuchscheme://x/y: pyarrow cannot open nosuchscheme:// URIs" in capsys.readouterr().err
+    code = EVALUATE.JOB.main(["--checkpoint", uris["artifact"], "--task", "zeroshot",
+                              "--data", str(pairs_root / "test"), "--output", uris["out"],
+                              "--config", str(REPO / "jobs/configs/evaluate_demo.yaml")])
     printed = capsys.readouterr().out
     assert code == 0, printed
+    out = download_dir(uris["out"], tmp_path / "out")
     report = json.loads((out / "zeroshot_pmc-modality.json").read_text())
     # keyword classes of FIGURES: 3 x-ray, 1 CT, 3 histology, 1 fluorescence, 1 chart; the MRI and the tree captions
     # name none; the duplicate-caption row is an x-ray caption; the corrupted row does not decode.

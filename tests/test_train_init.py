@@ -22,9 +22,10 @@ from transformers import BertModel
 
 from biomedclip.config import ConfigError, load_config
 from biomedclip.data.user_pairs import PairsInputError, convert_pairs
+from biomedclip.io.transfer import COMPLETE_MARKER, is_dir, listing, staged_dir
 from biomedclip.model import TextConfig
 from biomedclip.model.artifact import save_artifact, tokenizer_dir_of, weights_of
-from biomedclip.model.checkpoint import POS_EMBED_KEY, read_state_dict
+from biomedclip.model.checkpoint import POS_EMBED_KEY, check_vocabulary, read_state_dict
 from biomedclip.model.export import export_open_clip, model_card
 from biomedclip.model.pretrained import initial_model
 from biomedclip.model.text_tower import bert_config
@@ -33,7 +34,7 @@ from biomedclip.samples.figures import render_figure
 from biomedclip.train.config import PretrainConfig
 from biomedclip.train.optim import OptimConfig, cosine_with_warmup, lr_multipliers
 from biomedclip.train.step import accumulate_gradients
-from biomedclip.train.trainer import card_facts, check_vocabulary, initial_state, localize_sources, prepare_tokenizer
+from biomedclip.train.trainer import card_facts, initial_state, localize_sources, output_location, prepare_tokenizer
 from tests.helpers import load_job, tiny_config, train_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,8 +66,8 @@ def with_vocabulary(cfg: PretrainConfig, vocab_size: int) -> PretrainConfig:
 
 def test_init_from_a_224_model_into_336_keeps_every_weight_and_resamples_the_grid(trained_224, tmp_path):
     model, tokenizer, root = trained_224
-    cfg = tiny_run(root / "artifact", "model.vision.image_size=336")
-    assert prepare_tokenizer(cfg, tmp_path, print).backend.to_str() == tokenizer.backend.to_str()
+    cfg = tiny_run(root / "artifact", "model.vision.image_size=336", f"run.output_dir={tmp_path}")
+    assert prepare_tokenizer(cfg, print).backend.to_str() == tokenizer.backend.to_str()
     cfg = with_vocabulary(cfg, tokenizer.vocab_size)
     for source in ("artifact", "open_clip"):
         train = dataclasses.replace(cfg.train, init_from=str(root / source))
@@ -88,9 +89,9 @@ def test_init_from_needs_a_tokenizer_and_the_same_vocabulary(trained_224, tmp_pa
     assert tokenizer_dir_of(bare) is None and weights_of(bare).name == "open_clip_model.safetensors"
     with pytest.raises(ConfigError, match=r"snapshot carries no tokenizer \(none of tokenizer/tokenizer.json.*"
                                           r"set data.tokenizer_dir"):
-        prepare_tokenizer(tiny_run(bare), tmp_path / "run", print)
-    cfg = tiny_run(bare, f"data.tokenizer_dir={root / 'artifact' / 'tokenizer'}")
-    assert prepare_tokenizer(cfg, tmp_path / "run", print).vocab_size == tokenizer.vocab_size
+        prepare_tokenizer(tiny_run(bare, f"run.output_dir={tmp_path / 'run'}"), print)
+    cfg = tiny_run(bare, f"data.tokenizer_dir={root / 'artifact' / 'tokenizer'}", f"run.output_dir={tmp_path / 'run'}")
+    assert prepare_tokenizer(cfg, print).vocab_size == tokenizer.vocab_size
     state = read_state_dict(weights_of(bare))
     with pytest.raises(ConfigError, match=rf"text embeddings have {tokenizer.vocab_size} rows but the run's "
                                           r"tokenizer has 30522 tokens"):
@@ -179,7 +180,8 @@ def test_converter_writes_the_pair_schema_and_reports_bad_rows(tmp_path):
 
 
 
-def test_starting_weights_on_s3_are_copied_to_the_run_once(s3_server, tmp_path):
+def test_starting_weights_on_s3_are_copied_to_the_node_cache_once(s3_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("BIOMEDCLIP_CACHE", str(tmp_path / "cache"))
     tokenizer = train_tokenizer(CAPTIONS * 3)
     bert = tmp_path / "bert"
     BertModel(bert_config(TextConfig("bert-tiny", 77, vocab_size=tokenizer.vocab_size))).save_pretrained(bert)
@@ -188,20 +190,59 @@ def test_starting_weights_on_s3_are_copied_to_the_run_once(s3_server, tmp_path):
     s3.create_bucket(Bucket="models")
     for path in bert.iterdir():
         s3.upload_file(str(path), "models", f"pubmedbert/{path.name}")
-    cfg = tiny_run(None, "model.text.pretrained=s3://models/pubmedbert", f"data.s3_endpoint={s3_server}")
-    local = localize_sources(cfg, tmp_path / "run", print)
+    cfg = tiny_run(None, "model.text.pretrained=s3://models/pubmedbert", f"data.s3_endpoint={s3_server}",
+                   f"run.output_dir={tmp_path / 'run'}")
+    local = localize_sources(cfg, print)
     copy = Path(local.model.text.pretrained)
-    assert copy.parent == tmp_path / "run" / "downloads"
-    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in bert.iterdir())
-    assert prepare_tokenizer(local, tmp_path / "run", print).backend.to_str() == tokenizer.backend.to_str()
+    assert copy.parent == tmp_path / "cache" and not (tmp_path / "run").exists()  # nothing under the run's output
+    assert sorted(p.name for p in copy.iterdir() if p.name != COMPLETE_MARKER) == sorted(p.name for p in bert.iterdir())
+    assert prepare_tokenizer(local, print).backend.to_str() == tokenizer.backend.to_str()
     local = with_vocabulary(local, tokenizer.vocab_size)
     assert torch.equal(initial_model(local.model).text.transformer.embeddings.word_embeddings.weight,
                        BertModel.from_pretrained(bert).embeddings.word_embeddings.weight)
+    weights = tiny_run(None, "model.vision.pretrained=s3://models/pubmedbert/model.safetensors",
+                       f"data.s3_endpoint={s3_server}")
+    weights_copy = Path(localize_sources(weights, print).model.vision.pretrained)  # one file, not its folder
+    assert weights_copy.is_relative_to(tmp_path / "cache") and list(weights_copy.parent.iterdir()) == [weights_copy]
+    assert weights_copy.read_bytes() == (bert / "model.safetensors").read_bytes()
     s3.delete_object(Bucket="models", Key="pubmedbert/config.json")
-    assert localize_sources(cfg, tmp_path / "run", print).model.text.pretrained == str(copy)  # not fetched again
+    assert localize_sources(cfg, print).model.text.pretrained == str(copy)  # not fetched again
     with pytest.raises(ConfigError, match="s3://models/nothing: not found"):
         localize_sources(tiny_run(None, "model.text.pretrained=s3://models/nothing",
-                                  f"data.s3_endpoint={s3_server}"), tmp_path / "run", print)
+                                  f"data.s3_endpoint={s3_server}"), print)
+
+
+def test_a_run_without_a_configured_tokenizer_takes_its_own_from_s3_before_training_one(s3_server, tmp_path,
+                                                                                         monkeypatch):
+    """A resume on a fresh cluster: the run's tokenizer from <output_dir>/tokenizer, else from its newest
+    checkpoint (by step, not by listing order), written back to <output_dir>/tokenizer."""
+    monkeypatch.setenv("BIOMEDCLIP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)  # the standard variable alone reaches the store
+    boto3.client("s3").create_bucket(Bucket="tokenizer-lookup")
+    root = "s3://tokenizer-lookup"
+    older, newer = train_tokenizer(CAPTIONS[:4] * 3), train_tokenizer(CAPTIONS * 3)
+    for step, tokenizer in ((2, newer), (10, newer), (9, older)):
+        with staged_dir(f"{root}/ckpt/tiny/checkpoint_step{step:08d}/tokenizer") as directory:
+            tokenizer.save(directory)
+    cfg = tiny_run(None, f"run.output_dir={root}/out", f"run.storage_path={root}/ckpt", "run.name=tiny",
+                   f"data.path={root}/no-data")  # training a vocabulary would fail reading it
+    assert prepare_tokenizer(cfg, print).backend.to_str() == newer.backend.to_str()
+    assert is_dir(f"{root}/out/tokenizer") and "tokenizer.json" in listing(f"{root}/out/tokenizer")
+    with staged_dir(f"{root}/out/tokenizer") as directory:  # the output's own copy comes first
+        older.save(directory)
+    assert prepare_tokenizer(cfg, print).backend.to_str() == older.backend.to_str()
+
+
+def test_an_output_location_pyarrow_cannot_open_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert output_location(tiny_run(None, "run.output_dir=runs/x")) == str(tmp_path / "runs" / "x")  # absolute
+    assert output_location(tiny_run(None, "run.output_dir=s3://bucket/runs/x/")) == "s3://bucket/runs/x"  # as given
+    with pytest.raises(ConfigError, match=r"run.output_dir: nosuchscheme://b/x: pyarrow cannot open nosuchscheme://"):
+        output_location(tiny_run(None, "run.output_dir=nosuchscheme://b/x"))
+    assert load_job("pretrain").JOB.main(["--config", str(REPO / "jobs/configs/tiny.yaml"), "--set", "data.path=.",
+                                          "--set", "run.output_dir=nosuchscheme://b/x"]) == 2
+    assert "pyarrow cannot open nosuchscheme:// URIs" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no folder made from the URI
 
 
 def test_model_card_names_the_recipe_and_figures_but_no_paths(trained_224):

@@ -1,8 +1,10 @@
 """jobs/pretrain.py end to end on the session's local Ray: 2 CPU workers, a curriculum step from k=1 to k=2,
-checkpoints, TensorBoard, curves, export; stop-and-resume (checkpoints on a local S3) equal to an uninterrupted run."""
+checkpoints, TensorBoard, curves, export; stop-and-resume with every output on a local S3, after the node's local
+directories are deleted, equal to an uninterrupted run."""
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import boto3
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 from biomedclip.config import ConfigError, from_dict, load_config
+from biomedclip.io.transfer import listing, local_copy, upload_dir
 from biomedclip.model.artifact import load_artifact
 from biomedclip.model.checkpoint import read_state_dict
 from biomedclip.samples.shapes import write_shapes_corpus
@@ -38,9 +41,11 @@ def corpus(tmp_path_factory) -> tuple[Path, Path]:
     return data, root / "tokenizer"
 
 
-def overrides(data: Path, tokenizer: Path, output: Path, *extra: str) -> list[str]:
-    sets = [f"data.path={data}", f"data.tokenizer_dir={tokenizer}", f"run.output_dir={output}", "data.micro_batch=4",
-            "data.augment=false", "data.shuffle_buffer=8", "data.map_batch_size=8", "train.epochs=2",
+def overrides(data: Path, tokenizer: Path | None, output: Path | str, *extra: str) -> list[str]:
+    """`tokenizer` None: the run finds its own (in its output or checkpoints)."""
+    sets = [f"data.path={data}", *([f"data.tokenizer_dir={tokenizer}"] if tokenizer else []),
+            f"run.output_dir={output}", "data.micro_batch=4", "data.augment=false", "data.shuffle_buffer=8",
+            "data.map_batch_size=8", "train.epochs=2",
             "train.curriculum=[{until_epoch: 1, global_batch: 8}, {global_batch: 16}]", "train.unmasked_epochs=1",
             f"train.optim.lr={LR}", f"train.optim.warmup_steps={WARMUP}", "train.log_every_steps=1",
             "run.num_workers=2", *extra]
@@ -82,26 +87,53 @@ def test_pretrain_job_trains_checkpoints_logs_and_exports(uninterrupted):
 
 
 @pytest.mark.slow
-def test_stop_and_resume_from_s3_equals_uninterrupted(uninterrupted, corpus, tmp_path, s3_server):
+def test_stop_and_resume_from_s3_equals_uninterrupted(uninterrupted, corpus, tmp_path, s3_server, monkeypatch):
+    """Every output on S3 (run.output_dir=s3://..., checkpoints under it). The run is stopped, every local directory
+    of its node is deleted (a fresh cluster) and its S3 tokenizer/ too (as when output_dir was a lost node's disk):
+    the same command resumes with the checkpoint's tokenizer, from the checkpoint's step, and ends where an
+    uninterrupted run ends. Nothing lands in a local folder named `s3:`."""
     data, tokenizer = corpus
-    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="ckpt")
-    args = overrides(data, tokenizer, tmp_path, "run.name=resumed", "run.storage_path=s3://ckpt/runs",
-                     f"run.s3_endpoint={s3_server}")
-    job = PRETRAIN
-    stopped = job.JOB(["--config", str(REPO / "jobs/configs/tiny.yaml"), *args, "--set", "run.stop_at_step=5"])
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="ckpt")
+    output = "s3://ckpt/resumed"
+    upload_dir(tokenizer, f"{output}/tokenizer", s3_server)  # as the first start saves it (the corpus's tokenizer)
+    node = tmp_path / "node"
+    node.mkdir()
+    monkeypatch.chdir(node)  # a relative folder made from the URI would appear here
+    monkeypatch.setenv("BIOMEDCLIP_CACHE", str(node / "cache"))
+    args = overrides(data, None, output, "run.name=resumed", f"run.s3_endpoint={s3_server}")
+    stopped = PRETRAIN.JOB(["--config", str(REPO / "jobs/configs/tiny.yaml"), *args, "--set", "run.stop_at_step=5"])
     assert stopped.result.metrics["global_step"] == 5  # mid-epoch 1: one of its two k=2 steps done
-    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_server).list_objects_v2(Bucket="ckpt")["Contents"]]
-    assert any(k.startswith("runs/resumed/checkpoint_step00000005/") and k.endswith(TRAIN_STATE) for k in keys)
+    stored = listing(output, s3_server)
+    assert "checkpoints/resumed/checkpoint_step00000005/tokenizer/tokenizer.json" in stored
+    assert [name for name in stored if name.startswith("tensorboard/events.out.tfevents.")]  # uploaded at checkpoints
+    for name in [*stored]:
+        if name.startswith("tokenizer/"):
+            s3.delete_object(Bucket="ckpt", Key=f"resumed/{name}")
+    for path in node.iterdir():  # the working directory itself stays: a process needs one
+        shutil.rmtree(path)
 
-    resumed = job.JOB(["--config", str(REPO / "jobs/configs/tiny.yaml"), *args])
+    resumed = PRETRAIN.JOB(["--config", str(REPO / "jobs/configs/tiny.yaml"), *args])
     assert resumed.result.metrics["global_step"] == 6
     with resumed.result.checkpoint.as_directory() as directory:
         after_resume = read_state_dict(Path(directory) / "model.safetensors")
+        assert torch.load(Path(directory) / TRAIN_STATE, weights_only=True)["progress"]["resumes"] == [5]
     reference = read_state_dict(Path(uninterrupted[0].result.checkpoint.path) / "model.safetensors")
     diff = max((after_resume[name] - tensor).abs().max().item() for name, tensor in reference.items())
     print(f"max |param diff| after resume = {diff:.2e}")
     assert diff <= 1e-6
-    assert stopped.artifact_dir is None and resumed.artifact_dir is not None  # only a finished run exports
+    assert stopped.artifact_dir is None and resumed.artifact_dir == f"{output}/final"  # only a finished run exports
+
+    stored = listing(output, s3_server)
+    for name in ("final/model.safetensors", "final/tokenizer/tokenizer.json", "open_clip/open_clip_config.json",
+                 "tokenizer/tokenizer.json", "curves.png"):
+        assert stored.get(name, 0) > 0, name
+    assert len([name for name in stored if name.startswith("tensorboard/events.out.tfevents.")]) >= 2  # both starts
+    run_tokenizer = local_copy(f"{output}/tokenizer", s3_server)
+    assert (run_tokenizer / "tokenizer.json").read_bytes() == (tokenizer / "tokenizer.json").read_bytes()
+    model, _ = load_artifact(local_copy(resumed.artifact_dir, s3_server))
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in after_resume.items())
+    assert sorted(p.name for p in node.iterdir()) == ["cache"] and not (REPO / "s3:").exists()
 
 
 def test_impossible_curriculum_is_refused_before_training(ray_session, corpus, tmp_path):

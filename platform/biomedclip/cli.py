@@ -139,6 +139,17 @@ def existing(path: str | Path, option: str) -> Path:
     return Path(path)
 
 
+def location(uri: str, option: str) -> str:
+    """`uri` (a folder or URI to write to) if its filesystem can be opened: refuses a scheme pyarrow does not know."""
+    from biomedclip.io import filesystem
+
+    try:
+        filesystem(uri)
+    except (ValueError, OSError) as err:
+        raise UsageError(f"{option}: {err}") from None
+    return uri
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1."""
     try:

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from biomedclip.evaluate.dicom import read_dicom_rgb
+from biomedclip.io import is_local
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".dcm"}
 PCAM_PREFIX = "camelyonpatch_level_2_split_"
@@ -178,6 +179,9 @@ def pcam_x_path(path: str | Path, split: str) -> Path:
 def open_dataset(path: str | Path, config: DataConfig | None = None, data_format: str | None = None):
     """The dataset at `path`; the format comes from `data_format`, else `config.format`, else the path's contents."""
     config = config or DataConfig()
+    if not is_local(str(path)):
+        raise DatasetError(f"{path}: labelled datasets are read from a local folder or file (only Parquet splits may "
+                           "be on s3:// or another URI)")
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: not found")

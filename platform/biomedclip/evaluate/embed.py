@@ -20,6 +20,8 @@ from biomedclip import progress
 from biomedclip.evaluate.datasets import Problem
 from biomedclip.evaluate.retrieval import first_occurrence
 from biomedclip.inference import Predictor
+from biomedclip.io import s3_endpoint, storage_location
+from biomedclip.io.transfer import local_copy
 from biomedclip.model.transforms import decode_image
 from biomedclip.pmc.schema import MODEL_INPUT_COLUMNS
 
@@ -68,15 +70,18 @@ def embed_loaded(predictor: Predictor, loaders: list[Callable]) -> tuple[np.ndar
     return features, errors
 
 
-def _local_predictor(artifact_dir: str) -> Predictor:
-    return Predictor.load(artifact_dir, device="cuda" if torch.cuda.is_available() else "cpu")
+def _local_predictor(artifact_dir: str, s3_endpoint: str | None) -> Predictor:
+    """The artifact from this node's copy of it (a URI is downloaded once per node, again when it changed)."""
+    directory = local_copy(artifact_dir, s3_endpoint, refresh=True)
+    return Predictor.load(directory, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
 class PairEmbedder:
     """Ray Data callable: Parquet rows (image bytes + caption) -> image and caption embeddings."""
 
-    def __init__(self, artifact_dir: str, with_text: bool, keep_columns: tuple[str, ...] = ()):
-        self.predictor, self.with_text = _local_predictor(artifact_dir), with_text
+    def __init__(self, artifact_dir: str, with_text: bool, keep_columns: tuple[str, ...] = (),
+                 s3_endpoint: str | None = None):
+        self.predictor, self.with_text = _local_predictor(artifact_dir, s3_endpoint), with_text
         self.keep_columns = keep_columns  # input columns passed through unchanged (the figure index's metadata)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -98,8 +103,8 @@ class PairEmbedder:
 class DatasetEmbedder:
     """Ray Data callable: dataset indices -> image embeddings, reading each image in the actor."""
 
-    def __init__(self, artifact_dir: str, dataset):
-        self.predictor, self.dataset = _local_predictor(artifact_dir), dataset
+    def __init__(self, artifact_dir: str, dataset, s3_endpoint: str | None = None):
+        self.predictor, self.dataset = _local_predictor(artifact_dir, s3_endpoint), dataset
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         indices = [int(i) for i in batch["id"]]
@@ -109,8 +114,10 @@ class DatasetEmbedder:
 
 def embed_pairs(artifact_dir: str | Path, split_dir: str | Path, config: EmbedConfig | None = None,
                 with_text: bool = True) -> PairEmbeddings:
-    """Embeds every figure (and, with `with_text`, caption) of a Parquet split, sorted by pmcid/fig_id."""
-    rows = ray.data.read_parquet(str(split_dir)).select_columns(MODEL_INPUT_COLUMNS)
+    """Embeds every figure (and, with `with_text`, caption) of a Parquet split (a folder or URI), sorted by
+    pmcid/fig_id."""
+    filesystem, path = storage_location(str(split_dir))
+    rows = ray.data.read_parquet(path, filesystem=filesystem).select_columns(MODEL_INPUT_COLUMNS)
     out = _collect(map_pair_embeddings(rows, artifact_dir, config, with_text))
     if not out:
         raise ValueError(f"{split_dir}: the split holds no rows")
@@ -161,7 +168,8 @@ def _map(dataset: ray.data.Dataset, embedder: type, kwargs: dict, config: EmbedC
     gpus = int(ray.cluster_resources().get("GPU", 0))
     return dataset.map_batches(
         embedder,
-        fn_constructor_kwargs=kwargs,
+        # the endpoint as the driver sees it ($AWS_ENDPOINT_URL): actors on nodes started earlier may lack it
+        fn_constructor_kwargs={**kwargs, "s3_endpoint": s3_endpoint()},
         batch_size=config.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=config.num_actors or max(gpus, 1)),

@@ -1,6 +1,8 @@
 """The three evaluations end to end: embed through Ray Data, score, write the report. Each returns the report dict.
 
-`checkpoint` is a model artifact directory (ours, or an open_clip BiomedCLIP directory), as `load_artifact` takes.
+`checkpoint` is a model artifact directory (ours, or an open_clip BiomedCLIP directory), as `load_artifact` takes, a
+local folder or a URI (copied once per node). Parquet splits and `output_dir` may be URIs too (s3://, any pyarrow
+filesystem); the report and plots are written to a local folder uploaded when they are complete.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from biomedclip.evaluate.metrics import classification_metrics
 from biomedclip.evaluate.retrieval import paired_ranks, retrieval_metrics
 from biomedclip.evaluate.tasks import ZeroShotTask, caption_label, load_task
 from biomedclip.inference import Predictor
+from biomedclip.io import is_local
+from biomedclip.io.transfer import is_dir, join, local_copy, staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +74,9 @@ def run_retrieval(checkpoint: str | Path, data: str | Path, config: EvaluateConf
         **reports.skipped_summary(pairs.problems),
     }
     if output_dir is not None:
-        reports.write_report(report, pairs.problems, output_dir, "retrieval")
-        reports.plot_recall_at_k(report["metrics"], Path(output_dir) / "retrieval_recall.png")
+        with staged_dir(str(output_dir)) as out:
+            reports.write_report(report, pairs.problems, out, "retrieval")
+            reports.plot_recall_at_k(report["metrics"], out / "retrieval_recall.png")
     _log_skipped(pairs.problems)
     return report
 
@@ -83,7 +88,7 @@ def run_zeroshot(checkpoint: str | Path, data: str | Path, task: str | ZeroShotT
     if not isinstance(task, ZeroShotTask):
         task = load_task(task or config.zeroshot.task, config.zeroshot.tasks_file)
     names, features, labels, problems = _task_examples(checkpoint, data, task, config)
-    predictor = Predictor.load(checkpoint)
+    predictor = Predictor.load(local_copy(str(checkpoint), refresh=True))
     scores = predictor.zero_shot(features, predictor.label_features(task.class_names, task.templates))
     metrics = classification_metrics(labels, scores.argmax(axis=1), task.class_names,
                                       scores[:, 1] if len(task.class_names) == 2 else None)
@@ -101,11 +106,12 @@ def run_zeroshot(checkpoint: str | Path, data: str | Path, task: str | ZeroShotT
     }
     if output_dir is not None:
         stem = f"zeroshot_{task.name or 'task'}"
-        reports.write_report(report, problems, output_dir, stem)
-        reports.write_scores(names, [task.class_names[i] for i in labels], scores, task.class_names,
-                             Path(output_dir) / f"{stem}_scores.csv")
-        reports.plot_confusion_matrix(metrics["confusion_matrix"], task.class_names,
-                                      Path(output_dir) / f"{stem}_confusion.png", f"zero-shot {task.name}")
+        with staged_dir(str(output_dir)) as out:
+            reports.write_report(report, problems, out, stem)
+            reports.write_scores(names, [task.class_names[i] for i in labels], scores, task.class_names,
+                                 out / f"{stem}_scores.csv")
+            reports.plot_confusion_matrix(metrics["confusion_matrix"], task.class_names, out / f"{stem}_confusion.png",
+                                          f"zero-shot {task.name}")
     _log_skipped(problems)
     return report
 
@@ -131,8 +137,9 @@ def run_linear_probe(checkpoint: str | Path, data: str | Path, test_data: str | 
         **reports.skipped_summary(problems),
     }
     if output_dir is not None:
-        reports.write_report(report, problems, output_dir, "linear_probe")
-        reports.plot_linear_probe(results, Path(output_dir) / "linear_probe.png")
+        with staged_dir(str(output_dir)) as out:
+            reports.write_report(report, problems, out, "linear_probe")
+            reports.plot_linear_probe(results, out / "linear_probe.png")
     _log_skipped(problems)
     return report
 
@@ -149,10 +156,10 @@ def _probe_sets(checkpoint, train: DatasetEmbeddings, class_names: list[str], te
     return (train.features, labels), (test_x, test_y), train.problems + test.problems + unknown
 
 
-def parquet_split(data: str | Path, split: str) -> Path:
-    """`data/<split>` when it exists (an extraction output root), else `data` itself (a split folder)."""
-    data = Path(data)
-    return data / split if (data / split).is_dir() else data
+def parquet_split(data: str | Path, split: str) -> str:
+    """`data/<split>` when it exists (an extraction output root), else `data` itself (a split folder); either may be
+    a URI."""
+    return join(str(data), split) if is_dir(join(str(data), split)) else str(data)
 
 
 def _task_examples(checkpoint, data, task: ZeroShotTask, config: EvaluateConfig):
@@ -171,10 +178,10 @@ def task_data_format(task: ZeroShotTask, data: str | Path, config: EvaluateConfi
     for data_format in (config.data.format, task.format):
         if data_format != "auto":
             return data_format
-    return detect_format(Path(data), config.data.split)
+    return detect_format(Path(data), config.data.split) if is_local(str(data)) else "parquet"
 
 
-def _keyword_examples(checkpoint, split_dir: Path, task: ZeroShotTask, config: EvaluateConfig):
+def _keyword_examples(checkpoint, split_dir: str, task: ZeroShotTask, config: EvaluateConfig):
     """Figures of a Parquet split labelled by the class keywords their captions mention."""
     if not task.keywords:
         raise ConfigError(f"{task.name}: a Parquet split needs a task with caption keywords")

@@ -5,6 +5,7 @@ import os
 import posixpath
 from urllib.parse import urlparse
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 STATIC_CREDENTIAL_SOURCES = ("env", "shared-credentials-file", "config-file", "explicit")
@@ -55,7 +56,11 @@ def filesystem(uri: str, s3_endpoint: str | None = None, anonymous: bool = False
         if not parsed.netloc:
             raise ValueError(f"not an s3://bucket[/prefix] URI: {uri!r}")
         return s3_filesystem(s3_endpoint, anonymous), f"{parsed.netloc}{parsed.path}".rstrip("/")
-    return pafs.FileSystem.from_uri(uri)
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except pa.ArrowInvalid as err:  # an unknown scheme: say so instead of pyarrow's bare "Unrecognized"
+        raise ValueError(f"{uri}: pyarrow cannot open {parsed.scheme}:// URIs; use a local folder, s3:// or another "
+                         f"scheme pyarrow has a filesystem for (gs://, hdfs://, ...) ({err})") from None
 
 
 def storage_location(uri: str, s3_endpoint: str | None = None) -> tuple[pafs.FileSystem | None, str]:

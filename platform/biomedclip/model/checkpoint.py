@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from timm.layers import resample_abs_pos_embed
 
-from biomedclip.config import from_dict
+from biomedclip.config import ConfigError, from_dict
 from biomedclip.model.clip import BiomedCLIP
 from biomedclip.model.config import PATCH_SIZE, ModelConfig, architecture
 
@@ -90,6 +90,15 @@ def check_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor], so
         listed = "; ".join(f"{what} ({len(names)}): {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}"
                            for what, names in problems)
         raise CheckpointError(f"{source} does not match the model: {listed}")
+
+
+def check_vocabulary(state: dict[str, torch.Tensor], tokenizer_size: int, source: str) -> None:
+    """Refuses weights trained with another vocabulary than the run's tokenizer (a silently corrupted model
+    otherwise: every token id would look up another token's embedding)."""
+    rows = state.get(WORD_EMBEDDINGS_KEY)
+    if rows is not None and rows.shape[0] != tokenizer_size:
+        raise ConfigError(f"{source}: its text embeddings have {rows.shape[0]} rows but the run's tokenizer has "
+                          f"{tokenizer_size} tokens; use the tokenizer that model was trained with")
 
 
 def load_model(path: str | Path, config: ModelConfig | None = None) -> BiomedCLIP:

@@ -11,10 +11,15 @@ from pathlib import Path
 import torch
 
 from biomedclip.model.artifact import WEIGHTS, save_artifact
-from biomedclip.model.checkpoint import load_weights, read_state_dict
+from biomedclip.model.checkpoint import check_vocabulary, load_weights, read_state_dict
 from biomedclip.text import Tokenizer
 
 TRAIN_STATE = "train_state.pt"
+CHECKPOINT_PREFIX = "checkpoint_step"  # + the global step on 8 digits: names sort by step
+
+
+def checkpoint_name(global_step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{global_step:08d}"
 
 
 @dataclass
@@ -50,9 +55,13 @@ def write_checkpoint(directory: Path, model, tokenizer: Tokenizer, optimizer, sc
     return directory
 
 
-def read_checkpoint(directory: Path, model, optimizer, scheduler) -> tuple[Progress, list[dict]]:
-    """Loads weights, optimizer and schedule in place; returns the progress and the per-rank RNG states."""
-    load_weights(model, read_state_dict(directory / WEIGHTS))
+def read_checkpoint(directory: Path, model, optimizer, scheduler, tokenizer_size: int,
+                    source: str) -> tuple[Progress, list[dict]]:
+    """Loads weights, optimizer and schedule in place; returns the progress and the per-rank RNG states. Refuses
+    weights whose vocabulary is not the run tokenizer's (`tokenizer_size` tokens); `source` names the checkpoint."""
+    state = read_state_dict(directory / WEIGHTS)
+    check_vocabulary(state, tokenizer_size, f"checkpoint {source}")
+    load_weights(model, state)
     # weights_only: a checkpoint store must not be a way to run code; the state holds only tensors and plain types
     state = torch.load(directory / TRAIN_STATE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])

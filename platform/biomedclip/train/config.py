@@ -84,8 +84,9 @@ class TrainSection:
 @dataclass(frozen=True)
 class RunSection:
     name: str = "pretrain"
-    output_dir: str = "runs/pretrain"  # local: tokenizer, TensorBoard logs, curves, exported model
-    storage_path: str | None = None  # checkpoints: local path or s3://bucket/prefix; None: <output_dir>/checkpoints
+    # tokenizer/, tensorboard/, curves.png, final/, open_clip/: a folder, s3://bucket/prefix or any pyarrow URI
+    output_dir: str = "runs/pretrain"
+    storage_path: str | None = None  # checkpoints: a folder or URI as output_dir; None: <output_dir>/checkpoints
     s3_endpoint: str | None = None
     num_workers: int | tuple[int, int] = 2  # fixed, or [min, max] for elastic training
     use_gpu: bool = False

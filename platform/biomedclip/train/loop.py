@@ -24,15 +24,20 @@ from biomedclip.model import build_model
 from biomedclip.progress import ProgressBoard
 from biomedclip.text import Tokenizer
 from biomedclip.train import curriculum
-from biomedclip.train.checkpointing import Progress, read_checkpoint, rng_state, set_rng_state, write_checkpoint
+from biomedclip.train.checkpointing import (
+    Progress,
+    checkpoint_name,
+    read_checkpoint,
+    rng_state,
+    set_rng_state,
+    write_checkpoint,
+)
 from biomedclip.train.config import PretrainConfig
 from biomedclip.train.loss import gather_features, world
 from biomedclip.train.metrics import contrastive_loss_chunked, retrieval_metrics
 from biomedclip.train.optim import build_optimizer, build_plan_scheduler
 from biomedclip.train.step import Precision, accumulate_gradients, apply_update, unwrap
-from biomedclip.train.tracking import Tracker, plot_curves
-
-CURVES_PNG = "curves.png"
+from biomedclip.train.tracking import CURVES_PNG, Tracker, plot_curves
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -63,9 +68,8 @@ class PretrainWorker:
         self.scheduler = build_plan_scheduler(self.optimizer, cfg.train.optim,
                                               [p.global_batch for p in self.plans for _ in range(p.steps)])
         self.progress = self._restore_or_seed()
-        self.output_dir = Path(cfg.run.output_dir)
-        self.tracker = Tracker(self.output_dir / "tensorboard", cfg.run.name, _flat_params(cfg),
-                               cfg.run.mlflow_tracking_uri) if self.rank == 0 else None
+        self.tracker = Tracker(cfg.run.output_dir, cfg.run.name, _flat_params(cfg), cfg.run.mlflow_tracking_uri,
+                               cfg.run.s3_endpoint) if self.rank == 0 else None
 
     def _restore_or_seed(self) -> Progress:
         checkpoint = ray.train.get_checkpoint()
@@ -73,7 +77,8 @@ class PretrainWorker:
             torch.manual_seed(self.cfg.train.seed * 1000 + self.rank + 1)  # each rank its own dropout masks
             return Progress()
         with checkpoint.as_directory() as directory:
-            progress, rng_states = read_checkpoint(Path(directory), unwrap(self.model), self.optimizer, self.scheduler)
+            progress, rng_states = read_checkpoint(Path(directory), unwrap(self.model), self.optimizer, self.scheduler,
+                                                   self.tokenizer.vocab_size, checkpoint.path)
         progress.resumes.append(progress.global_step)
         if self.rank == 0:
             print(f"resuming at step {progress.global_step} (epoch {progress.epoch}, step {progress.step_in_epoch} "
@@ -205,7 +210,7 @@ class PretrainWorker:
         """Every rank reports; rank 0 attaches a checkpoint holding all ranks' RNG states."""
         rng_states = _gather_objects(rng_state(self.device), self.world_size)
         metrics = {**metrics, "epoch": epoch, "global_step": self.progress.global_step}
-        name = f"checkpoint_step{self.progress.global_step:08d}"
+        name = checkpoint_name(self.progress.global_step)
         if self.rank != 0:
             ray.train.report(metrics, checkpoint_dir_name=name)
             return
@@ -213,8 +218,7 @@ class PretrainWorker:
             directory = write_checkpoint(Path(tmp), unwrap(self.model), self.tokenizer, self.optimizer,
                                          self.scheduler, self.progress, rng_states)
             plot_curves(self.progress.history, directory / CURVES_PNG)
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            plot_curves(self.progress.history, self.output_dir / CURVES_PNG)
+            self.tracker.publish(self.progress.history)  # the run's curves and TensorBoard events so far
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
 
 

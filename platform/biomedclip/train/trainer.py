@@ -1,12 +1,14 @@
 """Pretraining on Ray Train: tokenizer, datasets and checks on the driver, then a TorchTrainer, then the export.
 
 The tokenizer is trained on the train captions before the trainer starts (unless `data.tokenizer_dir` is given) and
-saved in the run's output directory; the model's vocabulary follows it. Checkpoints go to a local path or s3://.
+saved in the run's output location; the model's vocabulary follows it. The output location (`run.output_dir`) and the
+checkpoints' (`run.storage_path`) are each a local folder, s3:// or any pyarrow filesystem URI.
 """
 from __future__ import annotations
 
 import dataclasses
-import shutil
+import hashlib
+import posixpath
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,8 @@ from ray.train.torch import TorchTrainer
 
 from biomedclip.config import ConfigError, to_dict
 from biomedclip.data.train_input import count_rows, iter_captions, training_datasets
-from biomedclip.io import storage_location
+from biomedclip.io import filesystem, is_local, storage_location
+from biomedclip.io.transfer import cache_root, exists, join, local_copy, staged_dir
 from biomedclip.model.artifact import (
     TOKENIZER_DIR,
     TOKENIZER_FILES,
@@ -28,42 +31,63 @@ from biomedclip.model.artifact import (
     tokenizer_dir_of,
     weights_of,
 )
-from biomedclip.model.checkpoint import WORD_EMBEDDINGS_KEY, read_state_dict
+from biomedclip.model.checkpoint import check_vocabulary, read_state_dict
 from biomedclip.model.export import export_open_clip
 from biomedclip.model.pretrained import initial_model
 from biomedclip.progress import ProgressBoard, remote_bar
 from biomedclip.text import Tokenizer
 from biomedclip.train import curriculum
-from biomedclip.train.config import PretrainConfig, check_initialisation
+from biomedclip.train.checkpointing import CHECKPOINT_PREFIX
+from biomedclip.train.config import PretrainConfig, RunSection, check_initialisation
 from biomedclip.train.loop import train_loop_per_worker
 from biomedclip.train.tracking import require_mlflow
+
+FINAL_DIR, OPEN_CLIP_DIR = "final", "open_clip"  # under run.output_dir, beside tokenizer/, tensorboard/, curves.png
 
 
 @dataclass
 class PretrainResult:
     result: ray.train.Result
-    artifact_dir: Path | None  # the final model (load_artifact), when exported
-    open_clip_dir: Path | None
+    artifact_dir: str | None  # the final model (load_artifact after local_copy), when exported: a folder or URI
+    open_clip_dir: str | None
 
 
-def prepare_tokenizer(cfg: PretrainConfig, output_dir: Path, progress: Callable[[str], None]) -> Tokenizer:
+def output_location(cfg: PretrainConfig) -> str:
+    """run.output_dir as every node reaches it: an absolute local path, or the URI as given (refused when pyarrow
+    cannot open its scheme)."""
+    try:
+        fs, path = filesystem(cfg.run.output_dir, cfg.run.s3_endpoint)
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"run.output_dir: {err}") from None
+    return path if isinstance(fs, pafs.LocalFileSystem) else cfg.run.output_dir.rstrip("/")
+
+
+def checkpoint_storage(run: RunSection) -> str:
+    """Where Ray Train keeps the run's checkpoints (under `<storage>/<run.name>/`)."""
+    return run.storage_path or join(run.output_dir, "checkpoints")
+
+
+def prepare_tokenizer(cfg: PretrainConfig, progress: Callable[[str], None]) -> Tokenizer:
     """The tokenizer the starting weights were trained with (`train.init_from`, `model.text.pretrained`), else the
     configured one, else the run's own from an earlier start (WordPiece training is not reproducible, and a resumed
-    run must keep its vocabulary), else one trained on the train captions now."""
-    context = cfg.model.text.context_length
-    saved = output_dir / "tokenizer"
-    source = tokenizer_source(cfg, saved)
+    run must keep its vocabulary), else one trained on the train captions now. Saved in `<run.output_dir>/tokenizer`.
+    Sources must be local by now (`localize_sources`); the run's own may be anywhere."""
+    context, endpoint = cfg.model.text.context_length, cfg.run.s3_endpoint
+    saved = join(cfg.run.output_dir, TOKENIZER_DIR)
+    source = configured_tokenizer(cfg) or runs_tokenizer(cfg)
     if source is not None:
         progress(f"tokenizer: {source}")
-        tokenizer = Tokenizer.load(source, context)
+        tokenizer = Tokenizer.load(local_copy(source, endpoint, refresh=True), context)
     else:
         progress(f"training a {cfg.data.vocab_size}-token vocabulary on the train captions")
         tokenizer = Tokenizer.train(iter_captions(cfg.data.path, cfg.data.s3_endpoint), cfg.data.vocab_size, context)
-    tokenizer.save(saved)
+    if source != saved:
+        with staged_dir(saved, endpoint) as directory:
+            tokenizer.save(directory)
     return tokenizer
 
 
-def tokenizer_source(cfg: PretrainConfig, saved: Path) -> Path | None:
+def configured_tokenizer(cfg: PretrainConfig) -> str | None:
     if cfg.train.init_from:
         source = tokenizer_dir_of(cfg.train.init_from) or cfg.data.tokenizer_dir
         if source is None:
@@ -71,12 +95,30 @@ def tokenizer_source(cfg: PretrainConfig, saved: Path) -> Path | None:
                 f"train.init_from: {cfg.train.init_from} carries no tokenizer (none of "
                 f"{', '.join(f'{TOKENIZER_DIR}/{name}' for name in TOKENIZER_FILES)}, {', '.join(TOKENIZER_FILES)}); "
                 "set data.tokenizer_dir to the tokenizer that model was trained with")
-        return Path(source)
-    if cfg.model.text.pretrained:
-        return Path(cfg.model.text.pretrained)
-    if cfg.data.tokenizer_dir or (saved / "tokenizer.json").is_file():
-        return Path(cfg.data.tokenizer_dir or saved)
+        return str(source)
+    return cfg.model.text.pretrained or cfg.data.tokenizer_dir
+
+
+def runs_tokenizer(cfg: PretrainConfig) -> str | None:
+    """The run's tokenizer from an earlier start: `<run.output_dir>/tokenizer`, else the one in its newest checkpoint
+    (a resume on a fresh cluster whose output_dir was another node's disk)."""
+    endpoint = cfg.run.s3_endpoint
+    saved = join(cfg.run.output_dir, TOKENIZER_DIR)
+    if exists(join(saved, "tokenizer.json"), endpoint):
+        return saved
+    checkpoint = newest_checkpoint(join(checkpoint_storage(cfg.run), cfg.run.name), endpoint)
+    if checkpoint is not None and exists(join(checkpoint, TOKENIZER_DIR, "tokenizer.json"), endpoint):
+        return join(checkpoint, TOKENIZER_DIR)
     return None
+
+
+def newest_checkpoint(run_uri: str, s3_endpoint: str | None = None) -> str | None:
+    """The `checkpoint_step*` directory of the highest step under a run's checkpoint folder, or None."""
+    fs, root = filesystem(run_uri, s3_endpoint)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    names = sorted(info.base_name for info in infos
+                   if info.type == pafs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX))
+    return join(run_uri, names[-1]) if names else None
 
 
 def initial_state(cfg: PretrainConfig, progress: Callable[[str], None]) -> dict | None:
@@ -98,40 +140,40 @@ def initial_state(cfg: PretrainConfig, progress: Callable[[str], None]) -> dict 
     return initial_model(cfg.model, init_state).state_dict()
 
 
-def check_vocabulary(state: dict, tokenizer_size: int, source: str) -> None:
-    rows = state.get(WORD_EMBEDDINGS_KEY)
-    if rows is not None and rows.shape[0] != tokenizer_size:
-        raise ConfigError(f"{source}: its text embeddings have {rows.shape[0]} rows but the run's tokenizer has "
-                          f"{tokenizer_size} tokens; use the tokenizer that model was trained with")
-
-
-def localize_sources(cfg: PretrainConfig, output_dir: Path, progress: Callable[[str], None]) -> PretrainConfig:
-    """Starting weights on S3 (`model.text.pretrained`, `model.vision.pretrained`, `train.init_from`) copied once into
-    `<output_dir>/downloads/`. Only the driver reads them: workers get the weights from the object store."""
+def localize_sources(cfg: PretrainConfig, progress: Callable[[str], None]) -> PretrainConfig:
+    """Starting weights and tokenizers elsewhere than on this disk (`model.text.pretrained`, `model.vision.pretrained`,
+    `train.init_from`, `data.tokenizer_dir`) copied once into this node's cache (`biomedclip.io.transfer`). Only the
+    driver reads them: workers get the weights from the object store."""
     endpoint = cfg.data.s3_endpoint or cfg.run.s3_endpoint
 
     def local(uri: str | None) -> str | None:
-        filesystem, path = storage_location(uri, endpoint) if uri else (None, uri)
-        if filesystem is None:
+        if uri is None or is_local(uri):
             return uri
-        target = output_dir / "downloads" / path.replace("/", "_")
-        if not target.exists():  # a later start (resume) reuses the copy
-            kind = filesystem.get_file_info(path).type
-            if kind == pafs.FileType.NotFound:
-                raise ConfigError(f"{uri}: not found")
-            progress(f"downloading {uri} to {target}")
-            partial = target.with_name(target.name + ".partial")  # renamed when complete
-            shutil.rmtree(partial, ignore_errors=True)
-            (partial if kind == pafs.FileType.Directory else partial.parent).mkdir(parents=True, exist_ok=True)
-            pafs.copy_files(path, str(partial), source_filesystem=filesystem)
-            partial.rename(target)
-        return str(target)
+        fs, path = filesystem(uri, endpoint)
+        kind = fs.get_file_info(path).type
+        if kind == pafs.FileType.NotFound:
+            raise ConfigError(f"{uri}: not found")
+        progress(f"{uri}: read from this node's copy under {cache_root()}")
+        return str(local_copy(uri, endpoint) if kind == pafs.FileType.Directory else cached_file(fs, path, uri))
 
     model, train = cfg.model, cfg.train
     return dataclasses.replace(
         cfg, train=dataclasses.replace(train, init_from=local(train.init_from)),
+        data=dataclasses.replace(cfg.data, tokenizer_dir=local(cfg.data.tokenizer_dir)),
         model=dataclasses.replace(model, text=dataclasses.replace(model.text, pretrained=local(model.text.pretrained)),
                                   vision=dataclasses.replace(model.vision, pretrained=local(model.vision.pretrained))))
+
+
+def cached_file(fs: pafs.FileSystem, path: str, uri: str) -> Path:
+    """A single remote weights file in this node's cache (directories go through `local_copy`)."""
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    target = cache_root() / f"{posixpath.basename(path)}-{digest}" / posixpath.basename(path)
+    if not target.is_file():  # a later start (resume) reuses the copy
+        partial = target.with_name(target.name + ".partial")  # renamed when complete
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(path, str(partial), source_filesystem=fs)
+        partial.rename(target)
+    return target
 
 
 def check_curriculum(cfg: PretrainConfig, train_rows: int) -> None:
@@ -162,8 +204,7 @@ def build_trainer(cfg: PretrainConfig, tokenizer: Tokenizer, datasets: dict, tra
                   initial: ray.ObjectRef | None = None) -> TorchTrainer:
     """`initial`: the starting weights in the object store (see `initial_state`), read by every worker of a new run."""
     run = cfg.run
-    storage_fs, storage_path = storage_location(run.storage_path or str(Path(run.output_dir) / "checkpoints"),
-                                              run.s3_endpoint)
+    storage_fs, storage_path = storage_location(checkpoint_storage(run), run.s3_endpoint)
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = cfg.data.preserve_order
     low, high = run.worker_range
@@ -184,12 +225,17 @@ def build_trainer(cfg: PretrainConfig, tokenizer: Tokenizer, datasets: dict, tra
     )
 
 
-def export_final(checkpoint: ray.train.Checkpoint, output_dir: Path, facts: dict | None = None) -> tuple[Path, Path]:
-    """The last checkpoint as a model artifact and in open_clip's local-dir layout (`facts`: its model card's)."""
+def export_final(checkpoint: ray.train.Checkpoint, run: RunSection, facts: dict | None = None) -> tuple[str, str]:
+    """The last checkpoint as a model artifact (`<output_dir>/final`) and in open_clip's local-dir layout
+    (`<output_dir>/open_clip`, `facts`: its model card's)."""
     with checkpoint.as_directory() as directory:
         model, tokenizer = load_artifact(directory)
-    artifact = save_artifact(model, tokenizer, output_dir / "final")
-    return artifact, export_open_clip(model, tokenizer, output_dir / "open_clip", facts)
+    artifact, open_clip_dir = join(run.output_dir, FINAL_DIR), join(run.output_dir, OPEN_CLIP_DIR)
+    with staged_dir(artifact, run.s3_endpoint) as directory:
+        save_artifact(model, tokenizer, directory)
+    with staged_dir(open_clip_dir, run.s3_endpoint) as directory:
+        export_open_clip(model, tokenizer, directory, facts)
+    return artifact, open_clip_dir
 
 
 def card_facts(cfg: PretrainConfig, train_rows: int, metrics: dict) -> dict:
@@ -219,8 +265,7 @@ def run_pretraining(cfg: PretrainConfig, progress: Callable[[str], None] = print
                     callbacks: Sequence[ray.train.UserCallback] = (), show_bar: bool = True) -> PretrainResult:
     """`callbacks` run on the Train controller (e.g. a sweep's forwarding of each report to Ray Tune); `show_bar`
     draws a bar of the training steps on this process's terminal."""
-    output_dir = Path(cfg.run.output_dir).resolve()
-    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(output_dir)))
+    cfg = requested = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=output_location(cfg)))
     check_initialisation(cfg)
     if cfg.run.mlflow_tracking_uri:
         require_mlflow()
@@ -229,8 +274,8 @@ def run_pretraining(cfg: PretrainConfig, progress: Callable[[str], None] = print
     train_rows = count_rows(cfg.data.path, "train", cfg.data.s3_endpoint)
     check_curriculum(cfg, train_rows)
     progress(f"{train_rows} training pairs")
-    cfg = localize_sources(cfg, output_dir, progress)
-    tokenizer = prepare_tokenizer(cfg, output_dir, progress)
+    cfg = localize_sources(cfg, progress)
+    tokenizer = prepare_tokenizer(cfg, progress)
     text = dataclasses.replace(cfg.model.text, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, text=text))
     datasets = training_datasets(cfg.data.path, tokenizer, cfg.model.vision.image_size, augment=cfg.data.augment,
@@ -246,7 +291,7 @@ def run_pretraining(cfg: PretrainConfig, progress: Callable[[str], None] = print
         result = build_trainer(cfg, tokenizer, datasets, train_rows, callbacks, board, initial).fit()
     artifact = open_clip_dir = None
     if cfg.run.export and result.checkpoint is not None and cfg.run.stop_at_step is None:
-        facts = card_facts(cfg, train_rows, result.metrics or {})
-        artifact, open_clip_dir = export_final(result.checkpoint, output_dir, facts)
+        facts = card_facts(requested, train_rows, result.metrics or {})  # the sources as given, not their copies
+        artifact, open_clip_dir = export_final(result.checkpoint, cfg.run, facts)
         progress(f"exported {artifact} and {open_clip_dir}")
     return PretrainResult(result, artifact, open_clip_dir)

@@ -60,8 +60,9 @@ class EpochReportCallback(TuneReportCallback):
 
 def trial_pretrain_config(setup: TrialSetup, values: dict[str, Any], trial_dir: Path) -> PretrainConfig:
     cfg = pretrain_config(setup.base, values)
-    run = dataclasses.replace(cfg.run, name=CHECKPOINTS, output_dir=str(trial_dir / RUN_OUTPUT),
-                              storage_path=f"{setup.experiment_uri}/{trial_dir.name}", s3_endpoint=setup.s3_endpoint)
+    trial_uri = f"{setup.experiment_uri}/{trial_dir.name}"  # in the sweep's storage: no output lives on one node only
+    run = dataclasses.replace(cfg.run, name=CHECKPOINTS, output_dir=f"{trial_uri}/{RUN_OUTPUT}", storage_path=trial_uri,
+                              s3_endpoint=setup.s3_endpoint)
     return dataclasses.replace(cfg, run=run)
 
 
