@@ -15,7 +15,6 @@ from pathlib import Path
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
 from tokenizers import Tokenizer as FastTokenizer
 
 from biomedclip.config import from_dict
@@ -24,7 +23,7 @@ from biomedclip.model import build_model
 from biomedclip.progress import ProgressBoard
 from biomedclip.text import Tokenizer
 from biomedclip.train import curriculum
-from biomedclip.train.checkpointing import Progress, read_checkpoint, rng_state, set_rng_state, write_checkpoint
+from biomedclip.train.checkpointing import Progress, all_rng_states, read_checkpoint, set_rng_state, write_checkpoint
 from biomedclip.train.config import PretrainConfig
 from biomedclip.train.loss import gather_features, world
 from biomedclip.train.metrics import contrastive_loss_chunked, retrieval_metrics
@@ -50,7 +49,7 @@ class PretrainWorker:
         self.board = board
         self.rank, self.world_size = world()
         self.device = ray.train.torch.get_device()
-        self.precision = Precision(bf16=cfg.train.bf16)
+        self.precision = Precision.for_device(cfg.train.precision, self.device)
         self.plans = curriculum.plan(cfg.train.curriculum, cfg.train.epochs, cfg.data.micro_batch, self.world_size,
                                      train_rows)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
@@ -73,7 +72,8 @@ class PretrainWorker:
             torch.manual_seed(self.cfg.train.seed * 1000 + self.rank + 1)  # each rank its own dropout masks
             return Progress()
         with checkpoint.as_directory() as directory:
-            progress, rng_states = read_checkpoint(Path(directory), unwrap(self.model), self.optimizer, self.scheduler)
+            progress, rng_states = read_checkpoint(Path(directory), unwrap(self.model), self.optimizer,
+                                                        self.scheduler, self.precision)
         progress.resumes.append(progress.global_step)
         if self.rank == 0:
             print(f"resuming at step {progress.global_step} (epoch {progress.epoch}, step {progress.step_in_epoch} "
@@ -148,7 +148,7 @@ class PretrainWorker:
         """One optimizer step; returns when it ended. Samples/s counts from `waited_since`, so data waits show."""
         loss = accumulate_gradients(self.model, step, self.precision)
         lr = self.scheduler.get_last_lr()[0]
-        apply_update(self.model, self.optimizer, self.scheduler, self.cfg.train.optim.grad_clip)
+        apply_update(self.model, self.optimizer, self.scheduler, self.cfg.train.optim.grad_clip, self.precision)
         ended = time.perf_counter()
         elapsed = ended - waited_since
         self.progress.global_step += 1
@@ -203,7 +203,7 @@ class PretrainWorker:
 
     def _report(self, metrics: dict[str, float], epoch: int) -> None:
         """Every rank reports; rank 0 attaches a checkpoint holding all ranks' RNG states."""
-        rng_states = _gather_objects(rng_state(self.device), self.world_size)
+        rng_states = all_rng_states(self.device, self.world_size)
         metrics = {**metrics, "epoch": epoch, "global_step": self.progress.global_step}
         name = f"checkpoint_step{self.progress.global_step:08d}"
         if self.rank != 0:
@@ -211,19 +211,11 @@ class PretrainWorker:
             return
         with tempfile.TemporaryDirectory() as tmp:
             directory = write_checkpoint(Path(tmp), unwrap(self.model), self.tokenizer, self.optimizer,
-                                         self.scheduler, self.progress, rng_states)
+                                         self.scheduler, self.progress, rng_states, self.precision)
             plot_curves(self.progress.history, directory / CURVES_PNG)
             self.output_dir.mkdir(parents=True, exist_ok=True)
             plot_curves(self.progress.history, self.output_dir / CURVES_PNG)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
-
-
-def _gather_objects(obj, world_size: int) -> list:
-    if world_size == 1:
-        return [obj]
-    gathered = [None] * world_size
-    dist.all_gather_object(gathered, obj)
-    return gathered
 
 
 def _flat_params(cfg: PretrainConfig) -> dict[str, str]:
