@@ -6,10 +6,10 @@ from safetensors.torch import load_file
 
 from biomedclip.model.artifact import load_artifact
 from biomedclip.model.checkpoint import CheckpointError
+from biomedclip.train.optim import build_optimizer
 from biomedclip.vqa import AnswerVocab, FusionConfig, VQAModel, load_vqa_predictor, save_vqa_artifact
 from biomedclip.vqa.artifact import load_vqa_artifact
 from biomedclip.vqa.model import CoAttentionFusion
-from biomedclip.train.optim import build_optimizer
 from biomedclip.vqa.train import VQAOptimConfig
 from tests.vqa_helpers import tiny_encoder, tiny_fusion, vqa_rad_dir, vqa_rad_public
 
