@@ -116,7 +116,7 @@ def write_colour_slake(root: Path, images: dict[str, int], size: int = 64, seed:
         for index in range(count):
             colour = rng.choice(sorted(MARKER_COLOURS))
             image = Image.new("RGB", (size, size), tuple(rng.randint(0, 50) for _ in range(3)))
-            radius = rng.randint(size // 8, size // 4)
+            radius = rng.randint(size * 3 // 10, size * 9 // 20)  # a large marker: its colour dominates the image
             x, y = rng.randint(radius, size - radius), rng.randint(radius, size - radius)
             ImageDraw.Draw(image).ellipse([x - radius, y - radius, x + radius, y + radius],
                                           fill=MARKER_COLOURS[colour])
