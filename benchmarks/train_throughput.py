@@ -570,7 +570,7 @@ def run_cuda(args) -> dict:
             cfg.model, vision=dataclasses.replace(cfg.model.vision, patch_dropout=0.0)))
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device).train()
-    precision = Precision(bf16=True)
+    precision = Precision(torch.bfloat16)
     pixels, tokens = random_batch(args.batch, cfg.model.vision.image_size, cfg.model.text.context_length,
                                   cfg.model.text.vocab, device)
     micro = list(zip(pixels.chunk(args.k), tokens.chunk(args.k)))

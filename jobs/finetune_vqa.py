@@ -4,10 +4,12 @@
         --config jobs/configs/finetune_vqa_tiny.yaml --output demo_out/vqa
     python jobs/finetune_vqa.py --checkpoint MODEL --dataset slake --data Slake1.0 --lang en --set train.epochs=5
 
---checkpoint is a BiomedCLIP artifact directory (`save_artifact`, or an open_clip BiomedCLIP folder). `synthetic`
-takes the extraction job's Parquet output and first derives a VQA set from it (biomedclip.samples.vqa). Writes to
---output: model/ (the VQA artifact for serving), metrics.json (per-epoch history + final accuracies of the saved
-model) and predictions.json (one row per test question).
+--checkpoint is a BiomedCLIP artifact directory (`save_artifact`, or an open_clip BiomedCLIP folder), local or a URI
+(s3://...). `synthetic` takes the extraction job's Parquet output and first derives a VQA set from it
+(biomedclip.samples.vqa). Writes to --output, a folder or a URI: model/ (the VQA artifact for serving), metrics.json
+(per-epoch history + final accuracies of the saved model), predictions.json (one row per test question) and, unless
+run.storage_path says otherwise, checkpoints/ (rerunning the same command resumes from the last one). With
+run.stop_at_epoch the job ends after that epoch's checkpoint, writing only the checkpoint.
 """
 
 from __future__ import annotations
@@ -28,25 +30,34 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "finetune_vqa.yaml"
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, type=Path, help="BiomedCLIP artifact directory")
+    parser.add_argument("--checkpoint", required=True, help="BiomedCLIP artifact directory or URI")
     parser.add_argument("--dataset", required=True, choices=("vqa-rad", "slake", "synthetic"))
     parser.add_argument("--data", required=True, type=Path, help="dataset folder (Parquet root for synthetic)")
     parser.add_argument("--lang", choices=("en", "zh", "all"), help="SLAKE question language (config: data.lang)")
-    parser.add_argument("--output", type=Path, default=Path("runs/finetune_vqa"), help="folder for model and metrics")
+    parser.add_argument("--output", default="runs/finetune_vqa", help="folder or URI for model, metrics, checkpoints")
 
 
 def run(args: argparse.Namespace) -> dict:
-    # absolute: Ray Train workers run in their own working directory
-    checkpoint = cli.existing(args.checkpoint, "--checkpoint").resolve()
-    data, output = cli.existing(args.data, "--data").resolve(), args.output.resolve()
+    cli.existing(args.checkpoint, "--checkpoint")  # a URI is checked when the workers read it
+    checkpoint, output = absolute(args.checkpoint), absolute(args.output)
+    data = cli.existing(args.data, "--data").resolve()
     # Libraries are imported here, not at the top: --help and usage errors answer at once.
-    from biomedclip.vqa import AnswerVocab, load_vqa_dataset, load_vqa_predictor
-    from biomedclip.vqa.evaluate import evaluate_predictor
-    from biomedclip.vqa.train import FinetuneConfig, finetune
+    from biomedclip.io import staged_dir
+    from biomedclip.vqa.train import FinetuneConfig
 
     cfg = cli.load(FinetuneConfig, args, [f"data.lang={args.lang}"] if args.lang else [])
-    output.mkdir(parents=True, exist_ok=True)
-    dataset, data_dir, cfg = prepare_dataset(args.dataset, data, output, cfg)
+    # Metrics, predictions and a derived set are written here; checkpoints and the model go to `output` directly.
+    with staged_dir(output, cfg.run.s3_endpoint) as local_output:
+        return finetune_and_score(args, cfg, checkpoint, data, output, local_output)
+
+
+def finetune_and_score(args: argparse.Namespace, cfg: FinetuneConfig, checkpoint: str, data: Path, output: str,
+                       local_output: Path) -> dict:
+    from biomedclip.vqa import AnswerVocab, load_vqa_dataset, load_vqa_predictor
+    from biomedclip.vqa.evaluate import evaluate_predictor
+    from biomedclip.vqa.train import finetune
+
+    dataset, data_dir, cfg = prepare_dataset(args.dataset, data, local_output, cfg)
     splits = {split: load_vqa_dataset(dataset, data_dir, split, lang=cfg.data.lang,
                                       vqa_rad_format=cfg.data.vqa_rad_format) for split in ("train", "test")}
     train, test = splits["train"].records, splits["test"].records
@@ -55,20 +66,30 @@ def run(args: argparse.Namespace) -> dict:
     print(f"{dataset}: {len(train)} train / {len(test)} test questions, "
           f"{sum(len(s.problems) for s in splits.values())} skipped, {len(vocab)} answers, "
           f"{unseen} test answers never seen in training (scored wrong)", flush=True)
-    if cfg.train.num_workers > 0:  # 0 workers: Ray Train's local mode, no cluster needed
+    if cfg.run.num_workers > 0:  # 0 workers: Ray Train's local mode, no cluster needed
         cli.start_ray(args)
-    result = finetune(checkpoint, train, test, vocab, cfg, output_dir=output)
-    counts, predictions = evaluate_predictor(load_vqa_predictor(result.artifact_dir), test)
+    result = finetune(checkpoint, train, test, vocab, cfg, output)
+    if result.artifact is None:
+        print(f"stopped after epoch {cfg.run.stop_at_epoch} (run.stop_at_epoch); rerun the same command to resume",
+              flush=True)
+        return {"history": result.history, "stopped_at_epoch": cfg.run.stop_at_epoch}
+    counts, predictions = evaluate_predictor(load_vqa_predictor(result.artifact, s3_endpoint=cfg.run.s3_endpoint),
+                                             test)
     metrics = {
-        "dataset": args.dataset, "data": str(data), "checkpoint": str(checkpoint), "model": str(result.artifact_dir),
+        "dataset": args.dataset, "data": str(data), "checkpoint": checkpoint, "model": result.artifact,
         "train_questions": len(train), "test_questions": len(test), "answers": len(vocab),
         "test_unseen_answers": unseen, "skipped": [str(p) for s in splits.values() for p in s.problems],
         "history": result.history, "test": counts.to_metrics(),
     }
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
-    (output / "predictions.json").write_text(json.dumps(predictions, indent=1, ensure_ascii=False))
+    (local_output / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
+    (local_output / "predictions.json").write_text(json.dumps(predictions, indent=1, ensure_ascii=False))
     print_summary(metrics, output)
     return metrics
+
+
+def absolute(location: str) -> str:
+    """A local path made absolute (Ray Train workers run in their own working directory); a URI as given."""
+    return location if "://" in location else str(Path(location).resolve())
 
 
 def prepare_dataset(dataset: str, data: Path, output: Path, cfg: FinetuneConfig) -> tuple[str, Path, FinetuneConfig]:
@@ -82,14 +103,14 @@ def prepare_dataset(dataset: str, data: Path, output: Path, cfg: FinetuneConfig)
                                                                                            vqa_rad_format="splits"))
 
 
-def print_summary(metrics: dict, output: Path) -> None:
+def print_summary(metrics: dict, output: str) -> None:
     rows = [(epoch["epoch"], f"{epoch['train_loss']:.4f}", _pct(epoch["train_accuracy"]),
              _pct(epoch["test_accuracy"]), _pct(epoch["test_open_accuracy"]), _pct(epoch["test_closed_accuracy"]))
             for epoch in metrics["history"]]
     cli.print_table(rows, header=("epoch", "train loss", "train acc", "test acc", "open", "closed"))
     final = metrics["test"]
     print(f"saved model test accuracy {_pct(final['accuracy'])} (open {_pct(final['open_accuracy'])}, "
-          f"closed {_pct(final['closed_accuracy'])}) on {final['n']} questions -> {output / 'metrics.json'}")
+          f"closed {_pct(final['closed_accuracy'])}) on {final['n']} questions -> {output}/metrics.json")
 
 
 def _pct(value: float | None) -> str:

@@ -95,7 +95,7 @@ def test_finetune_from_an_open_clip_snapshot_at_336_improves_recall_and_the_expo
         f"data.path={tmp_path / 'pairs'}", f"train.init_from={snapshot}", f"run.output_dir={tmp_path / 'run'}",
         "data.micro_batch=16", "data.map_batch_size=32", "data.shuffle_buffer=64", "data.augment=false",
         "train.curriculum=[{global_batch: 16}]", "train.epochs=5", "train.optim.lr=3.0e-3",
-        "train.optim.warmup_steps=10", "train.bf16=false", "run.use_gpu=false", "run.cpus_per_worker=1",
+        "train.optim.warmup_steps=10", "train.precision=fp32", "run.use_gpu=false", "run.cpus_per_worker=1",
         "run.keep_checkpoints=1"])
     outcome = run_pretraining(cfg)
     with outcome.result.checkpoint.as_directory() as directory:

@@ -137,7 +137,7 @@ def test_paper_recipe_numbers():
     assert (optim.betas, optim.eps, optim.lr, optim.weight_decay, optim.warmup_steps) == ((0.9, 0.98), 1e-6, 5e-4,
                                                                                           0.2, 2000)
     assert [(s.until_epoch, s.global_batch) for s in cfg.train.curriculum] == [(8, 4096), (None, 65536)]
-    assert cfg.train.epochs == 40 and cfg.train.bf16 and cfg.model.grad_checkpointing
+    assert cfg.train.epochs == 40 and cfg.train.precision == "auto" and cfg.model.grad_checkpointing
     stage2 = load_config(PretrainConfig, REPO / "jobs/configs/paper_stage2.yaml")
     assert stage2.train.init_from and stage2.model.vision.image_size == 336 and stage2.train.unmasked_epochs >= 1
 

@@ -42,7 +42,7 @@ def finetuned(ray_session, realdata, checkpoint, tmp_path_factory):
     data = linked_dataset(vqa_rad_dir(realdata), root / "data", "images", leave_out=(MISSING_IMAGE,))
     metrics = FINETUNE_VQA.JOB(["--checkpoint", str(checkpoint), "--dataset", "vqa-rad", "--data", str(data),
                                  "--config", str(TINY_CONFIG), "--set", f"train.epochs={EPOCHS}",
-                                 "--set", f"train.num_workers={WORKERS}", "--set", "train.batch_size=8",
+                                 "--set", f"run.num_workers={WORKERS}", "--set", "train.batch_size=8",
                                  "--output", str(root / "out")])
     return metrics, root / "out", data
 
@@ -110,7 +110,7 @@ def test_job_derives_the_synthetic_set_and_reads_it_as_vqa_rad(tmp_path):
     args = job.JOB.parse(["--checkpoint", "unused", "--dataset", "synthetic", "--data", str(tmp_path / "corpus"),
                           "--output", str(tmp_path / "out")])
     loaded = load_config(FinetuneConfig, args.config)
-    name, folder, cfg = job.prepare_dataset(args.dataset, args.data, args.output, loaded)
+    name, folder, cfg = job.prepare_dataset(args.dataset, args.data, Path(args.output), loaded)
     assert (name, folder) == ("vqa-rad", tmp_path / "out" / "vqa_set")
     assert cfg.data.vqa_rad_format == "splits" and loaded.data.vqa_rad_format == "auto"  # a new config, not edited
     held_out = load_vqa_rad(tmp_path / "out" / "vqa_set", "test", cfg.data.vqa_rad_format).records
@@ -124,7 +124,7 @@ def test_job_on_the_synthetic_corpus_in_local_mode(checkpoint, tmp_path):
     write_corpus_parquet(tmp_path / "corpus", "test", rows[8:])
     metrics = FINETUNE_VQA.JOB(["--checkpoint", str(checkpoint), "--dataset", "synthetic", "--data",
                                  str(tmp_path / "corpus"), "--config", str(TINY_CONFIG), "--set", "train.epochs=2",
-                                 "--set", "train.num_workers=0", "--output", str(tmp_path / "out")])
+                                 "--set", "run.num_workers=0", "--output", str(tmp_path / "out")])
     held_out = json.loads((tmp_path / "out" / "vqa_set" / "testset.json").read_text())
     assert metrics["test"]["n"] == metrics["history"][-1]["test_n"] == len(held_out)
     assert metrics["test"]["accuracy"] == metrics["history"][-1]["test_accuracy"]

@@ -6,10 +6,11 @@ from safetensors.torch import load_file
 
 from biomedclip.model.artifact import load_artifact
 from biomedclip.model.checkpoint import CheckpointError
+from biomedclip.train.optim import build_optimizer
 from biomedclip.vqa import AnswerVocab, FusionConfig, VQAModel, load_vqa_predictor, save_vqa_artifact
 from biomedclip.vqa.artifact import load_vqa_artifact
 from biomedclip.vqa.model import CoAttentionFusion
-from biomedclip.vqa.train import TrainConfig, build_optimizer
+from biomedclip.vqa.train import VQAOptimConfig
 from tests.vqa_helpers import tiny_encoder, tiny_fusion, vqa_rad_dir, vqa_rad_public
 
 VOCAB = AnswerVocab(["yes", "no", "axial", "2"])
@@ -61,15 +62,18 @@ def test_forward_and_gradients_with_trainable_and_frozen_encoders(encoder, sampl
     assert model.encoder.visual.patch_dropout == 0.0
     assert not any(p.requires_grad for n, p in model.encoder.named_parameters()
                    if n.startswith(("visual.head.", "text.proj.", "logit_scale")))
-    groups = build_optimizer(model, TrainConfig(lr=1e-3, encoder_lr=1e-5)).param_groups
-    assert [g["lr"] for g in groups] == [1e-3, 1e-5]
+    groups = build_optimizer(model, VQAOptimConfig(lr=1e-3, module_lrs={"encoder": 1e-5})).param_groups
+    assert [(g["lr"], g["weight_decay"]) for g in groups] == [(1e-3, 0.01), (1e-3, 0.0), (1e-5, 0.01), (1e-5, 0.0)]
+    encoder_ids = {id(p) for p in model.encoder_parameters()}
+    assert {id(p) for g in groups[2:] for p in g["params"]} == encoder_ids
+    assert {id(p) for g in groups[:2] for p in g["params"]} == {id(p) for p in model.head_parameters()}
 
     frozen = _vqa_model(encoder)
     frozen.freeze_encoders()
     frozen(pixels, tokenizer(samples[1][:3])).sum().backward()
     assert all(p.grad is None for p in frozen.encoder.parameters())
     assert all(p.grad is not None for p in frozen.classifier.parameters())
-    assert len(build_optimizer(frozen, TrainConfig()).param_groups) == 1
+    assert [g["lr"] for g in build_optimizer(frozen, VQAOptimConfig()).param_groups] == [1e-4, 1e-4]
 
 
 def test_artifact_round_trip_gives_identical_predictions(encoder, samples, tmp_path):

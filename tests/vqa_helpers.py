@@ -99,3 +99,32 @@ def synthetic_rows(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
             count = 1 + i % 3
             rows.append((f"Chest radiograph showing {count} round nodules.", figure_jpeg("xray", count, seed=seed + i)))
     return rows
+
+
+MARKER_COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (40, 60, 230)}
+
+
+def write_colour_slake(root: Path, images: dict[str, int], size: int = 64, seed: int = 0) -> Path:
+    """A SLAKE-layout set (imgs/, train.json, test.json) of yes/no colour verification questions: each image holds
+    one marker of a random colour, position and size on a noisy dark background, and is asked "is the marker <c>?"
+    about its own colour (yes) and one other (no), so answers are balanced and need both image and question.
+    `images`: images per split."""
+    rng = random.Random(seed)
+    (root / "imgs").mkdir(parents=True, exist_ok=True)
+    for split, count in images.items():
+        entries = []
+        for index in range(count):
+            colour = rng.choice(sorted(MARKER_COLOURS))
+            image = Image.new("RGB", (size, size), tuple(rng.randint(0, 50) for _ in range(3)))
+            radius = rng.randint(size * 3 // 10, size * 9 // 20)  # a large marker: its colour dominates the image
+            x, y = rng.randint(radius, size - radius), rng.randint(radius, size - radius)
+            ImageDraw.Draw(image).ellipse([x - radius, y - radius, x + radius, y + radius],
+                                          fill=MARKER_COLOURS[colour])
+            name = f"{split}_{index}.png"
+            image.save(root / "imgs" / name)
+            other = rng.choice(sorted(set(MARKER_COLOURS) - {colour}))
+            for asked, answer in rng.sample([(colour, "yes"), (other, "no")], 2):
+                entries.append({"qid": len(entries), "img_name": name, "question": f"is the marker {asked}?",
+                                "answer": answer, "answer_type": "CLOSED", "q_lang": "en"})
+        (root / f"{split}.json").write_text(json.dumps(entries))
+    return root

@@ -111,7 +111,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
+        item = args[1] if args else Any
+        return {name: _coerce(item, v, f"{key}.{name}") for name, v in value.items()}
     return _coerce_scalar(hint, value, key)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from biomedclip.config import ConfigError
 from biomedclip.model import ModelConfig
@@ -57,7 +58,8 @@ class TrainSection:
     curriculum: list[Stage] = field(default_factory=lambda: [Stage(global_batch=4096)])
     optim: OptimConfig = field(default_factory=OptimConfig)
     unmasked_epochs: int = 0  # last epochs trained with patch dropout off
-    bf16: bool = False
+    # auto: bf16 on GPUs that have it, else fp16 with loss scaling (V100); fp32 on CPU. Or bf16, fp16, fp32 as asked.
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     seed: int = 0
     log_every_steps: int = 10
     # Start a new run (step 0, fresh optimiser and schedule) from a trained model: an artifact directory, an open_clip

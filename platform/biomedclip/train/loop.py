@@ -15,7 +15,6 @@ from pathlib import Path
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
 from tokenizers import Tokenizer as FastTokenizer
 
 from biomedclip.config import from_dict
@@ -26,9 +25,9 @@ from biomedclip.text import Tokenizer
 from biomedclip.train import curriculum
 from biomedclip.train.checkpointing import (
     Progress,
+    all_rng_states,
     checkpoint_name,
     read_checkpoint,
-    rng_state,
     set_rng_state,
     write_checkpoint,
 )
@@ -55,7 +54,7 @@ class PretrainWorker:
         self.board = board
         self.rank, self.world_size = world()
         self.device = ray.train.torch.get_device()
-        self.precision = Precision(bf16=cfg.train.bf16)
+        self.precision = Precision.for_device(cfg.train.precision, self.device)
         self.plans = curriculum.plan(cfg.train.curriculum, cfg.train.epochs, cfg.data.micro_batch, self.world_size,
                                      train_rows)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
@@ -78,7 +77,7 @@ class PretrainWorker:
             return Progress()
         with checkpoint.as_directory() as directory:
             progress, rng_states = read_checkpoint(Path(directory), unwrap(self.model), self.optimizer, self.scheduler,
-                                                   self.tokenizer.vocab_size, checkpoint.path)
+                                                   self.tokenizer.vocab_size, checkpoint.path, self.precision)
         progress.resumes.append(progress.global_step)
         if self.rank == 0:
             print(f"resuming at step {progress.global_step} (epoch {progress.epoch}, step {progress.step_in_epoch} "
@@ -153,7 +152,7 @@ class PretrainWorker:
         """One optimizer step; returns when it ended. Samples/s counts from `waited_since`, so data waits show."""
         loss = accumulate_gradients(self.model, step, self.precision)
         lr = self.scheduler.get_last_lr()[0]
-        apply_update(self.model, self.optimizer, self.scheduler, self.cfg.train.optim.grad_clip)
+        apply_update(self.model, self.optimizer, self.scheduler, self.cfg.train.optim.grad_clip, self.precision)
         ended = time.perf_counter()
         elapsed = ended - waited_since
         self.progress.global_step += 1
@@ -208,7 +207,7 @@ class PretrainWorker:
 
     def _report(self, metrics: dict[str, float], epoch: int) -> None:
         """Every rank reports; rank 0 attaches a checkpoint holding all ranks' RNG states."""
-        rng_states = _gather_objects(rng_state(self.device), self.world_size)
+        rng_states = all_rng_states(self.device, self.world_size)
         metrics = {**metrics, "epoch": epoch, "global_step": self.progress.global_step}
         name = checkpoint_name(self.progress.global_step)
         if self.rank != 0:
@@ -216,18 +215,10 @@ class PretrainWorker:
             return
         with tempfile.TemporaryDirectory() as tmp:
             directory = write_checkpoint(Path(tmp), unwrap(self.model), self.tokenizer, self.optimizer,
-                                         self.scheduler, self.progress, rng_states)
+                                         self.scheduler, self.progress, rng_states, self.precision)
             plot_curves(self.progress.history, directory / CURVES_PNG)
             self.tracker.publish(self.progress.history)  # the run's curves and TensorBoard events so far
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
-
-
-def _gather_objects(obj, world_size: int) -> list:
-    if world_size == 1:
-        return [obj]
-    gathered = [None] * world_size
-    dist.all_gather_object(gathered, obj)
-    return gathered
 
 
 def _flat_params(cfg: PretrainConfig) -> dict[str, str]:

@@ -11,6 +11,7 @@ So k micro-batches cost 2k - 1 forwards and k backwards, and a single micro-batc
 Scale: each worker's loss is the mean over its rows and the global loss is the mean over workers, so the summed
 feature gradient is W x the global one; DDP's averaging divides by W again. The temperature's gradient is fed into
 the last micro-batch's backward through the forward's `logit_scale` output, so DDP averages it with the rest.
+In fp16 the gradients fed into pass 2 are multiplied by the loss scale, as a scaled loss's backward would give.
 
 Torch only (no Ray): the loop, the tests and the GPU benchmark share it.
 """
@@ -29,15 +30,60 @@ from biomedclip.train.loss import local_logits, symmetric_cross_entropy, world
 MicroBatch = tuple[torch.Tensor, torch.Tensor]  # (pixels [m,3,H,W], token_ids [m,L])
 
 
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # the choices a config offers (train.precision)
+
+
+def resolve_precision(requested: str, device_type: str, bf16_supported: bool) -> str:
+    """The precision to train in. `auto`: bf16 on GPUs that have it, else fp16 (with loss scaling: V100s have no
+    bf16); fp32 on CPU, where mixed precision rarely pays. `bf16`, `fp16` and `fp32` are taken as asked, except bf16
+    on a GPU without it."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision {requested!r} is not one of {list(PRECISIONS)}")
+    if device_type == "cuda" and not bf16_supported and requested == "bf16":
+        raise ValueError("precision bf16: this GPU has no bf16 (V100s do not); use auto (fp16 with loss scaling) "
+                         "or fp32")
+    if requested != "auto":
+        return requested
+    if device_type != "cuda":
+        return "fp32"
+    return "bf16" if bf16_supported else "fp16"
+
+
 @dataclass(frozen=True)
 class Precision:
-    """bf16 autocast on CUDA or CPU; bf16 needs no loss scaling, so there is no grad scaler."""
-    bf16: bool = False
+    """Autocast to `dtype` (None: fp32). fp16 carries a GradScaler: its small gradients would underflow unscaled,
+    so losses (and gradients fed into backward) are multiplied by the scale, and the update unscales them first."""
+    dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    @classmethod
+    def for_device(cls, requested: str, device: torch.device) -> Precision:
+        bf16_supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        name = resolve_precision(requested, device.type, bf16_supported)
+        if name == "fp16":
+            return cls(torch.float16, torch.amp.GradScaler(device.type))
+        return cls(torch.bfloat16 if name == "bf16" else None)
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
     def autocast(self, device: torch.device):
-        if not self.bf16:  # a disabled torch.autocast still costs ~0.4 ms to enter, per micro-batch and pass
+        if self.dtype is None:  # a disabled torch.autocast still costs ~0.4 ms to enter, per micro-batch and pass
             return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=self.dtype)
+
+    def scale(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A loss, or a gradient to back-propagate, multiplied by the loss scale (unchanged without a scaler)."""
+        return tensor if self.scaler is None else self.scaler.scale(tensor)
+
+    def state_dict(self) -> dict:
+        return {} if self.scaler is None else self.scaler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores the loss scale; a checkpoint from another precision (a GPU type without bf16) has none."""
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
 
 
 FP32 = Precision()
@@ -133,21 +179,37 @@ def _backward_micro_batches(model, micro_batches, kept, rng_states, image_grads,
             else:
                 out = kept
             tensors = [out["image_features"], out["text_features"]]
-            grads = [image_grads[index].to(tensors[0].dtype), text_grads[index].to(tensors[1].dtype)]
+            # scaled (fp16: loss scaling) before the cast, so small fp32 gradients do not underflow in fp16
+            grads = [precision.scale(image_grads[index]).to(tensors[0].dtype),
+                     precision.scale(text_grads[index]).to(tensors[1].dtype)]
             if index == last:
                 tensors.append(out["logit_scale"])
-                grads.append(scale_grad.to(out["logit_scale"].dtype))
+                grads.append(precision.scale(scale_grad).to(out["logit_scale"].dtype))
             trained = [(tensor, grad) for tensor, grad in zip(tensors, grads) if tensor.requires_grad]  # frozen towers
             torch.autograd.backward(*zip(*trained))
 
 
-def apply_update(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler=None,
-                 grad_clip: float | None = None) -> None:
-    """Clips (optional), steps the optimizer and the schedule, clears gradients and clamps the temperature."""
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler=None, grad_clip: float | None = None,
+                   precision: Precision = FP32) -> None:
+    """Unscales (fp16), clips (optional), steps the optimizer and the schedule, clears gradients. With fp16 the
+    scaler skips the step when a gradient overflowed, and lowers the scale."""
+    scaler = precision.scaler
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clipping compares the true gradient norm
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
     if scheduler is not None:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def apply_update(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler=None, grad_clip: float | None = None,
+                 precision: Precision = FP32) -> None:
+    """`optimizer_step`, then clamps the temperature."""
+    optimizer_step(model, optimizer, scheduler, grad_clip, precision)
     unwrap(model).clamp_logit_scale()

@@ -252,7 +252,7 @@ def card_facts(cfg: PretrainConfig, train_rows: int, metrics: dict) -> dict:
         "schedule": f"cosine over {optim.schedule_unit} after {optim.warmup_steps} warm-up steps, lr scaling "
                     f"{optim.lr_scaling}",
         "patch dropout": f"{cfg.model.vision.patch_dropout:g} (last {train.unmasked_epochs} epochs unmasked)",
-        "precision": "bf16" if train.bf16 else "fp32",
+        "precision": train.precision,
         **{f"started from ({key})": Path(value).name for key, value in starts.items() if value},
         **({"frozen towers": ", ".join(train.frozen_towers)} if train.frozen_towers else {}),
     }

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from biomedclip.config import from_dict
 from biomedclip.inference import Predictor
+from biomedclip.io import local_copy
 from biomedclip.model.artifact import load_artifact, save_artifact
 from biomedclip.model.checkpoint import CheckpointError
 from biomedclip.text import Tokenizer
@@ -49,9 +50,10 @@ def save_vqa_artifact(model: VQAModel, tokenizer: Tokenizer, vocab: AnswerVocab,
     return directory
 
 
-def load_vqa_artifact(directory: str | Path) -> tuple[VQAModel, Tokenizer, AnswerVocab]:
-    """(model in eval mode, tokenizer, vocabulary); raises CheckpointError naming the file that is wrong."""
-    directory = Path(directory)
+def load_vqa_artifact(location: str | Path, s3_endpoint: str | None = None) -> tuple[VQAModel, Tokenizer, AnswerVocab]:
+    """(model in eval mode, tokenizer, vocabulary) from a folder or a URI (s3://..., copied once per node into the
+    verified cache of `biomedclip.io.local_copy`); raises CheckpointError naming the file that is wrong."""
+    directory = local_copy(str(location), s3_endpoint)
     for name in (CONFIG, HEAD_WEIGHTS, ANSWERS, ENCODER_DIR):
         if not (directory / name).exists():
             raise CheckpointError(f"{directory}: not a VQA artifact ({name} missing)")
@@ -106,5 +108,6 @@ class VQAPredictor:
                 for answer, conf in zip(answers, confidence.tolist())]
 
 
-def load_vqa_predictor(directory: str | Path, device: str | torch.device = "cpu") -> VQAPredictor:
-    return VQAPredictor(*load_vqa_artifact(directory), device=device)
+def load_vqa_predictor(location: str | Path, device: str | torch.device = "cpu",
+                       s3_endpoint: str | None = None) -> VQAPredictor:
+    return VQAPredictor(*load_vqa_artifact(location, s3_endpoint), device=device)
