@@ -5,7 +5,7 @@
     python jobs/finetune_vqa.py --checkpoint MODEL --dataset slake --data Slake1.0 --lang en --set train.epochs=5
 
 --checkpoint is a BiomedCLIP artifact directory (`save_artifact`, or an open_clip BiomedCLIP folder), local or a URI
-(s3://...). `synthetic` takes the extraction job's Parquet output and first derives a VQA set from it
+(s3://...); so is --data (a remote one is copied once per node into $BIOMEDCLIP_CACHE). `synthetic` takes the extraction job's Parquet output and first derives a VQA set from it
 (biomedclip.samples.vqa). Writes to --output, a folder or a URI: model/ (the VQA artifact for serving), metrics.json
 (per-epoch history + final accuracies of the saved model), predictions.json (one row per test question) and, unless
 run.storage_path says otherwise, checkpoints/ (rerunning the same command resumes from the last one). With
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from biomedclip import cli
 
 if TYPE_CHECKING:
-    from biomedclip.vqa.train import FinetuneConfig
+    from biomedclip.vqa.train import FinetuneConfig, ImageRoot
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "finetune_vqa.yaml"
 
@@ -32,7 +32,7 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "finetune_vqa.yaml"
 def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="BiomedCLIP artifact directory or URI")
     parser.add_argument("--dataset", required=True, choices=("vqa-rad", "slake", "synthetic"))
-    parser.add_argument("--data", required=True, type=Path, help="dataset folder (Parquet root for synthetic)")
+    parser.add_argument("--data", required=True, help="dataset folder or URI (Parquet root for synthetic)")
     parser.add_argument("--lang", choices=("en", "zh", "all"), help="SLAKE question language (config: data.lang)")
     parser.add_argument("--output", default="runs/finetune_vqa", help="folder or URI for model, metrics, checkpoints")
 
@@ -40,7 +40,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     cli.existing(args.checkpoint, "--checkpoint")  # a URI is checked when the workers read it
     checkpoint, output = absolute(args.checkpoint), absolute(args.output)
-    data = cli.existing(args.data, "--data").resolve()
+    data = args.data if "://" in args.data else str(cli.existing(args.data, "--data").resolve())
     # Libraries are imported here, not at the top: --help and usage errors answer at once.
     from biomedclip.io import staged_dir
     from biomedclip.vqa.train import FinetuneConfig
@@ -51,13 +51,13 @@ def run(args: argparse.Namespace) -> dict:
         return finetune_and_score(args, cfg, checkpoint, data, output, local_output)
 
 
-def finetune_and_score(args: argparse.Namespace, cfg: FinetuneConfig, checkpoint: str, data: Path, output: str,
+def finetune_and_score(args: argparse.Namespace, cfg: FinetuneConfig, checkpoint: str, data: str, output: str,
                        local_output: Path) -> dict:
     from biomedclip.vqa import AnswerVocab, load_vqa_dataset, load_vqa_predictor
     from biomedclip.vqa.evaluate import evaluate_predictor
     from biomedclip.vqa.train import finetune
 
-    dataset, data_dir, cfg = prepare_dataset(args.dataset, data, local_output, cfg)
+    dataset, data_dir, image_root, cfg = prepare_dataset(args.dataset, data, output, local_output, cfg)
     splits = {split: load_vqa_dataset(dataset, data_dir, split, lang=cfg.data.lang,
                                       vqa_rad_format=cfg.data.vqa_rad_format) for split in ("train", "test")}
     train, test = splits["train"].records, splits["test"].records
@@ -68,7 +68,7 @@ def finetune_and_score(args: argparse.Namespace, cfg: FinetuneConfig, checkpoint
           f"{unseen} test answers never seen in training (scored wrong)", flush=True)
     if cfg.run.num_workers > 0:  # 0 workers: Ray Train's local mode, no cluster needed
         cli.start_ray(args)
-    result = finetune(checkpoint, train, test, vocab, cfg, output)
+    result = finetune(checkpoint, train, test, vocab, cfg, output, image_root)
     if result.artifact is None:
         print(f"stopped after epoch {cfg.run.stop_at_epoch} (run.stop_at_epoch); rerun the same command to resume",
               flush=True)
@@ -92,15 +92,25 @@ def absolute(location: str) -> str:
     return location if "://" in location else str(Path(location).resolve())
 
 
-def prepare_dataset(dataset: str, data: Path, output: Path, cfg: FinetuneConfig) -> tuple[str, Path, FinetuneConfig]:
-    """(loader name, folder, config); `synthetic` first writes a VQA-RAD-style set derived from the Parquet corpus."""
+def prepare_dataset(dataset: str, data: str, output: str, local_output: Path,
+                    cfg: FinetuneConfig) -> tuple[str, Path, ImageRoot, FinetuneConfig]:
+    """(loader name, folder the driver reads, where every node finds the images, config). A URI is copied into the
+    node cache; `synthetic` first derives a VQA-RAD-style set from the Parquet corpus, stored with the output so that
+    workers on other nodes can read it."""
+    from biomedclip.io import local_copy, upload_dir
+    from biomedclip.io.transfer import join
     from biomedclip.samples.vqa import write_vqa_set
+    from biomedclip.vqa.train import ImageRoot
 
+    endpoint = cfg.run.s3_endpoint
+    local_data = local_copy(data, endpoint)
     if dataset != "synthetic":
-        return dataset, data, cfg
-    print(f"deriving a VQA set from {data}: {write_vqa_set(data, output / 'vqa_set')}", flush=True)
-    return "vqa-rad", output / "vqa_set", dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
-                                                                                           vqa_rad_format="splits"))
+        return dataset, local_data, ImageRoot(data, str(local_data)), cfg
+    derived, derived_uri = local_output / "vqa_set", join(output, "vqa_set")
+    print(f"deriving a VQA set from {data}: {write_vqa_set(local_data, derived)}", flush=True)
+    upload_dir(derived, derived_uri, endpoint)  # a no-op for a local output, which `derived` already is
+    config = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, vqa_rad_format="splits"))
+    return "vqa-rad", derived, ImageRoot(derived_uri, str(derived)), config
 
 
 def print_summary(metrics: dict, output: str) -> None:

@@ -14,6 +14,7 @@ follow the epoch and the restored RNG. The artifact of the last epoch is copied 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -175,10 +176,26 @@ class VQATorchDataset(Dataset):
         return self._pixels(self.records[index].image), self.token_ids[index], self.labels[index]
 
 
+@dataclass(frozen=True)
+class ImageRoot:
+    """Where every node finds the records' images: `uri`, a folder all nodes see or a URI that each node copies into
+    its cache, holds what the driver read under `driver_path`."""
+    uri: str
+    driver_path: str
+
+    def on_this_node(self, records: list[VQARecord], s3_endpoint: str | None) -> list[VQARecord]:
+        root = local_copy(self.uri, s3_endpoint)
+        if root == Path(self.driver_path):
+            return records
+        return [dataclasses.replace(r, image=root / Path(r.image).relative_to(self.driver_path)) for r in records]
+
+
 def finetune(encoder: str | Path, train_records: list[VQARecord], test_records: list[VQARecord],
-             vocab: AnswerVocab, cfg: FinetuneConfig, output: str | Path) -> FinetuneResult:
+             vocab: AnswerVocab, cfg: FinetuneConfig, output: str | Path,
+             image_root: ImageRoot | None = None) -> FinetuneResult:
     """Runs the TorchTrainer (Ray must be initialised unless `run.num_workers` is 0) on the BiomedCLIP artifact
-    `encoder` and writes the trained VQA artifact to `<output>/model`; `output` is a folder or a URI."""
+    `encoder` and writes the trained VQA artifact to `<output>/model`; `output` is a folder or a URI. `image_root`:
+    where workers on other nodes find the images (none: the records' paths are valid on every node)."""
     if not train_records:
         raise ValueError("no training records")
     unknown = sorted({r.answer for r in train_records if r.answer not in vocab})
@@ -187,7 +204,7 @@ def finetune(encoder: str | Path, train_records: list[VQARecord], test_records: 
     output = str(Path(output).resolve()) if "://" not in str(output) else str(output)
     encoder = str(Path(encoder).resolve()) if "://" not in str(encoder) else str(encoder)  # workers run elsewhere
     with remote_bar("fine-tuning", unit="epoch") as board:
-        result = _trainer(encoder, train_records, test_records, vocab, cfg, output, board).fit()
+        result = _trainer(encoder, train_records, test_records, vocab, cfg, output, board, image_root).fit()
     history = result.return_value
     if len(history) < cfg.train.epochs:  # stopped at run.stop_at_epoch
         return FinetuneResult(history=history, artifact=None)
@@ -200,13 +217,15 @@ def finetune(encoder: str | Path, train_records: list[VQARecord], test_records: 
 
 
 def _trainer(encoder: str, train_records: list[VQARecord], test_records: list[VQARecord], vocab: AnswerVocab,
-             cfg: FinetuneConfig, output: str, board: ProgressBoard) -> ray.train.torch.TorchTrainer:
+             cfg: FinetuneConfig, output: str, board: ProgressBoard,
+             image_root: ImageRoot | None) -> ray.train.torch.TorchTrainer:
     run = cfg.run
     storage_fs, storage_path = storage_location(run.storage_path or join(output, "checkpoints"), run.s3_endpoint)
     return ray.train.torch.TorchTrainer(  # Ray Train's default backend: NCCL on GPU workers, gloo on CPU
         train_loop_per_worker,
         train_loop_config={"encoder": encoder, "config": to_dict(cfg), "train_records": train_records,
-                           "test_records": test_records, "answers": vocab.answers, "progress": board},
+                           "test_records": test_records, "answers": vocab.answers, "progress": board,
+                           "image_root": image_root},
         scaling_config=ray.train.ScalingConfig(num_workers=run.num_workers, use_gpu=run.use_gpu,
                                                resources_per_worker={"CPU": run.cpus_per_worker},
                                                accelerator_type=run.accelerator_type),
@@ -263,11 +282,14 @@ class VQAWorker:
         return model, tokenizer
 
     def _datasets(self, loop_config: dict, image_size: int) -> tuple[VQATorchDataset, VQATorchDataset]:
-        train_set = VQATorchDataset(loop_config["train_records"], self.vocab, self.tokenizer, image_size,
-                                    augment=self.cfg.train.augment)
+        train, test = loop_config["train_records"], loop_config["test_records"]
+        if loop_config.get("image_root") is not None:
+            train, test = (loop_config["image_root"].on_this_node(records, self.cfg.run.s3_endpoint)
+                           for records in (train, test))
+        train_set = VQATorchDataset(train, self.vocab, self.tokenizer, image_size, augment=self.cfg.train.augment)
         # A disjoint slice per worker, so the summed counts cover every test record exactly once.
-        test_set = VQATorchDataset(loop_config["test_records"][self.rank::self.world_size], self.vocab,
-                                   self.tokenizer, image_size, augment=False)
+        test_set = VQATorchDataset(test[self.rank::self.world_size], self.vocab, self.tokenizer, image_size,
+                                   augment=False)
         return train_set, test_set
 
     def _seed(self) -> EpochProgress:
