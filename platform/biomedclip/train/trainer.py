@@ -21,7 +21,7 @@ from ray.train.torch import TorchTrainer
 
 from biomedclip.config import ConfigError, to_dict
 from biomedclip.data.train_input import count_rows, iter_captions, training_datasets
-from biomedclip.io import filesystem, is_local, storage_location
+from biomedclip.io import filesystem, is_local, s3_endpoint, storage_location
 from biomedclip.io.transfer import cache_root, exists, join, local_copy, staged_dir
 from biomedclip.model.artifact import (
     TOKENIZER_DIR,
@@ -112,9 +112,9 @@ def runs_tokenizer(cfg: PretrainConfig) -> str | None:
     return None
 
 
-def newest_checkpoint(run_uri: str, s3_endpoint: str | None = None) -> str | None:
+def newest_checkpoint(run_uri: str, endpoint: str | None = None) -> str | None:
     """The `checkpoint_step*` directory of the highest step under a run's checkpoint folder, or None."""
-    fs, root = filesystem(run_uri, s3_endpoint)
+    fs, root = filesystem(run_uri, endpoint)
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     names = sorted(info.base_name for info in infos
                    if info.type == pafs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX))
@@ -265,7 +265,9 @@ def run_pretraining(cfg: PretrainConfig, progress: Callable[[str], None] = print
                     callbacks: Sequence[ray.train.UserCallback] = (), show_bar: bool = True) -> PretrainResult:
     """`callbacks` run on the Train controller (e.g. a sweep's forwarding of each report to Ray Tune); `show_bar`
     draws a bar of the training steps on this process's terminal."""
-    cfg = requested = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=output_location(cfg)))
+    # Workers see the driver's endpoint ($AWS_ENDPOINT_URL here): their environment was fixed when their node started.
+    run = dataclasses.replace(cfg.run, output_dir=output_location(cfg), s3_endpoint=s3_endpoint(cfg.run.s3_endpoint))
+    cfg = requested = dataclasses.replace(cfg, run=run)
     check_initialisation(cfg)
     if cfg.run.mlflow_tracking_uri:
         require_mlflow()
