@@ -112,6 +112,23 @@ def runs_tokenizer(cfg: PretrainConfig) -> str | None:
     return None
 
 
+def check_resume_tokenizer(cfg: PretrainConfig, tokenizer: Tokenizer) -> None:
+    """A run that resumes reads its checkpoint with the vocabulary it was trained with: refused before any worker
+    starts when the tokenizer differs from the newest checkpoint's, even at the same size (the workers check the
+    weights' size again)."""
+    endpoint = cfg.run.s3_endpoint
+    checkpoint = newest_checkpoint(join(checkpoint_storage(cfg.run), cfg.run.name), endpoint)
+    if checkpoint is None or not exists(join(checkpoint, TOKENIZER_DIR, "tokenizer.json"), endpoint):
+        return
+    trained_with = Tokenizer.load(local_copy(join(checkpoint, TOKENIZER_DIR), endpoint, refresh=True),
+                                  cfg.model.text.context_length)
+    if trained_with.backend.get_vocab() != tokenizer.backend.get_vocab():
+        raise ConfigError(f"{checkpoint}: the run resumes from this checkpoint, trained with a "
+                          f"{trained_with.vocab_size}-token vocabulary, but the run's tokenizer has "
+                          f"{tokenizer.vocab_size} tokens and another vocabulary; leave data.tokenizer_dir unset to "
+                          "use the checkpoint's, or start a new run.name")
+
+
 def newest_checkpoint(run_uri: str, endpoint: str | None = None) -> str | None:
     """The `checkpoint_step*` directory of the highest step under a run's checkpoint folder, or None."""
     fs, root = filesystem(run_uri, endpoint)
@@ -278,6 +295,7 @@ def run_pretraining(cfg: PretrainConfig, progress: Callable[[str], None] = print
     progress(f"{train_rows} training pairs")
     cfg = localize_sources(cfg, progress)
     tokenizer = prepare_tokenizer(cfg, progress)
+    check_resume_tokenizer(cfg, tokenizer)
     text = dataclasses.replace(cfg.model.text, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, text=text))
     datasets = training_datasets(cfg.data.path, tokenizer, cfg.model.vision.image_size, augment=cfg.data.augment,
