@@ -34,7 +34,14 @@ from biomedclip.samples.figures import render_figure
 from biomedclip.train.config import PretrainConfig
 from biomedclip.train.optim import OptimConfig, cosine_with_warmup, lr_multipliers
 from biomedclip.train.step import accumulate_gradients
-from biomedclip.train.trainer import card_facts, initial_state, localize_sources, output_location, prepare_tokenizer
+from biomedclip.train.trainer import (
+    card_facts,
+    check_resume_tokenizer,
+    initial_state,
+    localize_sources,
+    output_location,
+    prepare_tokenizer,
+)
 from tests.helpers import load_job, tiny_config, train_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -231,6 +238,11 @@ def test_a_run_without_a_configured_tokenizer_takes_its_own_from_s3_before_train
     with staged_dir(f"{root}/out/tokenizer") as directory:  # the output's own copy comes first
         older.save(directory)
     assert prepare_tokenizer(cfg, print).backend.to_str() == older.backend.to_str()
+    check_resume_tokenizer(cfg, newer)  # the newest checkpoint's vocabulary
+    with pytest.raises(ConfigError, match=rf"ckpt/tiny/checkpoint_step00000010: the run resumes from this checkpoint, "
+                                          rf"trained with a {newer.vocab_size}-token vocabulary, but the run's "
+                                          rf"tokenizer has {older.vocab_size} tokens"):
+        check_resume_tokenizer(cfg, older)
 
 
 def test_an_output_location_pyarrow_cannot_open_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch):

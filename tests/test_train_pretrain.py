@@ -101,7 +101,8 @@ def test_stop_and_resume_from_s3_equals_uninterrupted(uninterrupted, corpus, tmp
     node.mkdir()
     monkeypatch.chdir(node)  # a relative folder made from the URI would appear here
     monkeypatch.setenv("BIOMEDCLIP_CACHE", str(node / "cache"))
-    args = overrides(data, None, output, "run.name=resumed", f"run.s3_endpoint={s3_server}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)  # the only endpoint setting; Ray's workers started without it
+    args = overrides(data, None, output, "run.name=resumed")
     stopped = PRETRAIN.JOB(["--config", str(REPO / "jobs/configs/tiny.yaml"), *args, "--set", "run.stop_at_step=5"])
     assert stopped.result.metrics["global_step"] == 5  # mid-epoch 1: one of its two k=2 steps done
     stored = listing(output, s3_server)

@@ -21,7 +21,7 @@ from ray.train.torch import TorchTrainer
 
 from biomedclip.config import ConfigError, to_dict
 from biomedclip.data.train_input import count_rows, iter_captions, training_datasets
-from biomedclip.io import filesystem, is_local, storage_location
+from biomedclip.io import filesystem, is_local, s3_endpoint, storage_location
 from biomedclip.io.transfer import cache_root, exists, join, local_copy, staged_dir
 from biomedclip.model.artifact import (
     TOKENIZER_DIR,
@@ -112,9 +112,26 @@ def runs_tokenizer(cfg: PretrainConfig) -> str | None:
     return None
 
 
-def newest_checkpoint(run_uri: str, s3_endpoint: str | None = None) -> str | None:
+def check_resume_tokenizer(cfg: PretrainConfig, tokenizer: Tokenizer) -> None:
+    """A run that resumes reads its checkpoint with the vocabulary it was trained with: refused before any worker
+    starts when the tokenizer differs from the newest checkpoint's, even at the same size (the workers check the
+    weights' size again)."""
+    endpoint = cfg.run.s3_endpoint
+    checkpoint = newest_checkpoint(join(checkpoint_storage(cfg.run), cfg.run.name), endpoint)
+    if checkpoint is None or not exists(join(checkpoint, TOKENIZER_DIR, "tokenizer.json"), endpoint):
+        return
+    trained_with = Tokenizer.load(local_copy(join(checkpoint, TOKENIZER_DIR), endpoint, refresh=True),
+                                  cfg.model.text.context_length)
+    if trained_with.backend.get_vocab() != tokenizer.backend.get_vocab():
+        raise ConfigError(f"{checkpoint}: the run resumes from this checkpoint, trained with a "
+                          f"{trained_with.vocab_size}-token vocabulary, but the run's tokenizer has "
+                          f"{tokenizer.vocab_size} tokens and another vocabulary; leave data.tokenizer_dir unset to "
+                          "use the checkpoint's, or start a new run.name")
+
+
+def newest_checkpoint(run_uri: str, endpoint: str | None = None) -> str | None:
     """The `checkpoint_step*` directory of the highest step under a run's checkpoint folder, or None."""
-    fs, root = filesystem(run_uri, s3_endpoint)
+    fs, root = filesystem(run_uri, endpoint)
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     names = sorted(info.base_name for info in infos
                    if info.type == pafs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX))
@@ -265,7 +282,9 @@ def run_pretraining(cfg: PretrainConfig, progress: Callable[[str], None] = print
                     callbacks: Sequence[ray.train.UserCallback] = (), show_bar: bool = True) -> PretrainResult:
     """`callbacks` run on the Train controller (e.g. a sweep's forwarding of each report to Ray Tune); `show_bar`
     draws a bar of the training steps on this process's terminal."""
-    cfg = requested = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=output_location(cfg)))
+    # Workers see the driver's endpoint ($AWS_ENDPOINT_URL here): their environment was fixed when their node started.
+    run = dataclasses.replace(cfg.run, output_dir=output_location(cfg), s3_endpoint=s3_endpoint(cfg.run.s3_endpoint))
+    cfg = requested = dataclasses.replace(cfg, run=run)
     check_initialisation(cfg)
     if cfg.run.mlflow_tracking_uri:
         require_mlflow()
@@ -276,6 +295,7 @@ def run_pretraining(cfg: PretrainConfig, progress: Callable[[str], None] = print
     progress(f"{train_rows} training pairs")
     cfg = localize_sources(cfg, progress)
     tokenizer = prepare_tokenizer(cfg, progress)
+    check_resume_tokenizer(cfg, tokenizer)
     text = dataclasses.replace(cfg.model.text, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, text=text))
     datasets = training_datasets(cfg.data.path, tokenizer, cfg.model.vision.image_size, augment=cfg.data.augment,
