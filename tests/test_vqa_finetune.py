@@ -2,11 +2,13 @@
 import json
 from pathlib import Path
 
+import boto3
 import pytest
 import torch
 from PIL import Image
 
 from biomedclip.config import load_config
+from biomedclip.io import staged_dir, upload_dir
 from biomedclip.model.artifact import save_artifact
 from biomedclip.samples.vqa import derive_questions
 from biomedclip.vqa import load_vqa_predictor, load_vqa_rad, save_vqa_artifact
@@ -110,11 +112,38 @@ def test_job_derives_the_synthetic_set_and_reads_it_as_vqa_rad(tmp_path):
     args = job.JOB.parse(["--checkpoint", "unused", "--dataset", "synthetic", "--data", str(tmp_path / "corpus"),
                           "--output", str(tmp_path / "out")])
     loaded = load_config(FinetuneConfig, args.config)
-    name, folder, cfg = job.prepare_dataset(args.dataset, args.data, Path(args.output), loaded)
+    output = str(tmp_path / "out")
+    name, folder, image_root, cfg = job.prepare_dataset(args.dataset, args.data, output, Path(output), loaded)
     assert (name, folder) == ("vqa-rad", tmp_path / "out" / "vqa_set")
+    assert image_root.uri == image_root.driver_path == str(folder)  # a local output: every path stays as it is
     assert cfg.data.vqa_rad_format == "splits" and loaded.data.vqa_rad_format == "auto"  # a new config, not edited
     held_out = load_vqa_rad(tmp_path / "out" / "vqa_set", "test", cfg.data.vqa_rad_format).records
     assert len(held_out) == sum(len(derive_questions(caption)) for caption, _ in rows[4:])
+    assert image_root.on_this_node(held_out, None) == held_out
+
+
+def test_a_corpus_on_s3_reaches_workers_on_other_nodes_through_the_output(s3_server, tmp_path, monkeypatch):
+    """--data and --output on S3: the driver copies the corpus into its node cache, derives the set there and stores
+    it with the output; a worker on another node (another cache) finds every image through `ImageRoot`."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="vqa-data")
+    rows = synthetic_rows(6)
+    write_corpus_parquet(tmp_path / "corpus", "train", rows[:4])
+    write_corpus_parquet(tmp_path / "corpus", "test", rows[4:])
+    upload_dir(tmp_path / "corpus", "s3://vqa-data/corpus")
+    monkeypatch.setenv("BIOMEDCLIP_CACHE", str(tmp_path / "driver-cache"))
+    loaded = load_config(FinetuneConfig, FINETUNE_VQA.DEFAULT_CONFIG)
+    with staged_dir("s3://vqa-data/out") as local_output:
+        name, folder, image_root, cfg = FINETUNE_VQA.prepare_dataset(
+            "synthetic", "s3://vqa-data/corpus", "s3://vqa-data/out", local_output, loaded)
+        records = load_vqa_rad(folder, "train", cfg.data.vqa_rad_format).records
+        assert image_root.uri == "s3://vqa-data/out/vqa_set" and records
+        monkeypatch.setenv("BIOMEDCLIP_CACHE", str(tmp_path / "worker-cache"))
+        on_worker = image_root.on_this_node(records, None)
+        assert [r.question for r in on_worker] == [r.question for r in records]
+        for record, theirs in zip(records, on_worker):
+            assert theirs.image.is_relative_to(tmp_path / "worker-cache")
+            assert theirs.image.read_bytes() == record.image.read_bytes()
 
 
 @pytest.mark.slow

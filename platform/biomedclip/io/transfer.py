@@ -56,7 +56,8 @@ def _files(uri: str, s3_endpoint: str | None) -> dict[str, tuple[int, int | None
     """Relative path -> (size, modification time in ns) of every file under the directory `uri`."""
     fs, root = filesystem(uri, s3_endpoint)
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-    return {posixpath.relpath(info.path, root): (info.size, info.mtime_ns)
+    prefix = root.rstrip("/") + "/"  # string slicing: relpath would read the (maybe deleted) working directory
+    return {info.path.removeprefix(prefix): (info.size, info.mtime_ns)
             for info in infos if info.type == pafs.FileType.File}
 
 
