@@ -338,3 +338,10 @@ def working_dir_package(directory: Path, into: Path) -> Path:
     package = into / "working_dir.zip"
     create_package(str(directory), package, include_gitignore=True, excludes=get_runtime_env_default_excludes())
     return package
+
+
+def submitted(result: subprocess.CompletedProcess) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "succeeded" in output, output[-4000:]
+    return output

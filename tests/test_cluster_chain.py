@@ -6,7 +6,8 @@ the other node from the last checkpoint); the whole cluster torn down mid-run an
 nodes' temporary directories and the per-node model cache); a new cluster resumes the run from S3 with the same
 tokenizer and finishes it; evaluation and VQA fine-tuning read from S3 and write to S3; Serve loads the final model
 and the VQA model from s3:// and answers; then `serve deploy` of a config naming an earlier checkpoint rolls out
-while two clients keep sending requests, and none fails.
+while two clients keep sending requests, and none fails. Along the way: submits without the cluster's token are
+refused, and a job without a working dir runs where the node started.
 
 Each cluster is a head (no CPUs: drivers and controllers) and two worker nodes of 3 CPUs with their own --temp-dir,
 started with `ray start` and token auth as a user would (tests/cluster_local.py).
@@ -20,6 +21,7 @@ import re
 import shutil
 import subprocess
 import time
+import zipfile
 from pathlib import Path
 
 import boto3
@@ -36,13 +38,15 @@ from biomedclip.io.transfer import listing
 from biomedclip.model.artifact import load_artifact
 from biomedclip.samples.corpus import write_sample_corpus
 from biomedclip.train.checkpointing import TRAIN_STATE
-from tests.cluster_local import VENV_BIN, LocalCluster, local_cluster
+from tests.cluster_local import VENV_BIN, LocalCluster, local_cluster, submitted, working_dir_package
 from tests.conftest import REPO, free_port
 from tests.serve_helpers import requests_during
-from tests.test_cluster_job_submit import RUN_NAME, printed_steps, submitted
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
+RUN_NAME = "tiny-pretrain"  # run.name in jobs/configs/tiny.yaml
+# Rank 0's progress line as Ray forwards it: "(RayTrainWorker pid=N, ip=...) epoch E step S: loss ...", maybe coloured.
+STEP_LINE = re.compile(r"pid=(\d+)[^)]*\)(?:\x1b\[[\d;]*m)?\s*epoch \d+ step (\d+): loss")
 BUCKET = "platform"
 S3 = f"s3://{BUCKET}"
 RUN = f"{S3}/run"  # run.output_dir
@@ -136,6 +140,35 @@ def image_embedding(artifact, image: bytes) -> np.ndarray:
     return Predictor(*artifact).encode_images([Image.open(io.BytesIO(image)).convert("RGB")])[0]
 
 
+def assert_submits_need_the_token(cluster: LocalCluster) -> None:
+    refusals = ((None, 401, "Unauthorized: Missing authentication token"),
+                ("not-the-token", 403, "Forbidden: Invalid authentication token"))
+    for token, status, message in refusals:
+        result = cluster.submit(["python", "-c", "print('refused')"], token=token)
+        assert result.returncode != 0
+        assert message in result.stdout + result.stderr, result.stdout + result.stderr
+        assert cluster.get("/api/jobs/", token=token)[0] == status
+    assert cluster.get("/api/jobs/")[1] == []  # nothing was queued
+
+
+def assert_jobs_without_working_dir_run_where_the_node_started(cluster: LocalCluster) -> None:
+    """What cluster/rayjob-pretrain.yaml relies on: with no working_dir, the entrypoint's relative paths are taken
+    from the directory the head's `ray start` ran in (the image's working directory on Kubernetes)."""
+    command = [str(VENV_BIN / "ray"), "job", "submit", "--address", cluster.dashboard_url, "--",
+               "python", "-c", "import os; print('cwd=' + os.getcwd())"]
+    result = subprocess.run(command, env=cluster.client_env(), cwd="/", capture_output=True, text=True, timeout=300)
+    assert f"cwd={REPO}" in submitted(result)
+
+
+def test_working_dir_upload_leaves_out_ignored_paths(tmp_path):
+    package = working_dir_package(REPO, tmp_path)
+    names = zipfile.ZipFile(package).namelist()
+    assert "jobs/pretrain.py" in names and "jobs/extract.py" in names
+    for ignored in (".venv/", ".ray_tmp/", "demo_out/", "runs/", ".git/"):
+        assert not any(name.startswith(ignored) for name in names), ignored
+    assert package.stat().st_size < 10 * 2**20
+
+
 @pytest.mark.timeout(2400)
 def test_the_platform_path_on_s3_across_two_clusters(s3_server, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)  # nodes, jobs and replicas inherit it from here
@@ -150,8 +183,11 @@ def test_the_platform_path_on_s3_across_two_clusters(s3_server, tmp_path, monkey
     timings = {}
 
     # 1. The first cluster: extraction, then pretraining through a worker node's death, then the cluster goes away.
+    (tmp_path / "secrets1").mkdir()
     with local_cluster("ch1", tmp_path / "secrets1") as first:
         start(first)
+        assert_submits_need_the_token(first)
+        assert_jobs_without_working_dir_run_where_the_node_started(first)
         began = time.monotonic()
         submitted(first.submit(["python", "jobs/extract.py", "--source", f"{S3}/corpus", "--signed",
                                 "--output", f"{S3}/pairs"]))
@@ -188,6 +224,7 @@ def test_the_platform_path_on_s3_across_two_clusters(s3_server, tmp_path, monkey
     assert not first.temp_dir.exists() and not (REPO / "s3:").exists()
 
     # 3. A new cluster, the same command: resumed from S3 with the run's tokenizer, finished, exported to S3.
+    (tmp_path / "secrets2").mkdir()
     with local_cluster("ch2", tmp_path / "secrets2") as second:
         start(second)
         began = time.monotonic()
@@ -256,3 +293,12 @@ def test_the_platform_path_on_s3_across_two_clusters(s3_server, tmp_path, monkey
 
 def embedding_of(body: dict) -> list[float]:
     return body["data"][0]["embedding"]
+
+
+def printed_steps(logs: str) -> dict[str, list[int]]:
+    """Rank 0's printed steps by worker process. A process takes each step once, so a line seen twice (Ray may
+    forward a line more than once) counts once; a step taken again after a restart is in another process."""
+    steps: dict[str, set[int]] = {}
+    for pid, step in STEP_LINE.findall(logs):
+        steps.setdefault(pid, set()).add(int(step))
+    return {pid: sorted(taken) for pid, taken in steps.items()}
