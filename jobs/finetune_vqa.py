@@ -5,11 +5,12 @@
     python jobs/finetune_vqa.py --checkpoint MODEL --dataset slake --data Slake1.0 --lang en --set train.epochs=5
 
 --checkpoint is a BiomedCLIP artifact directory (`save_artifact`, or an open_clip BiomedCLIP folder), local or a URI
-(s3://...); so is --data (a remote one is copied once per node into $BIOMEDCLIP_CACHE). `synthetic` takes the extraction job's Parquet output and first derives a VQA set from it
-(biomedclip.samples.vqa). Writes to --output, a folder or a URI: model/ (the VQA artifact for serving), metrics.json
-(per-epoch history + final accuracies of the saved model), predictions.json (one row per test question) and, unless
-run.storage_path says otherwise, checkpoints/ (rerunning the same command resumes from the last one). With
-run.stop_at_epoch the job ends after that epoch's checkpoint, writing only the checkpoint.
+(s3://...); so is --data (a remote one is copied once per node into $BIOMEDCLIP_CACHE). `synthetic` takes the
+extraction job's Parquet output and first derives a VQA set from it (biomedclip.samples.vqa). Writes to --output, a
+folder or a URI: model/ (the VQA artifact for serving), metrics.json (per-epoch history + final accuracies of the saved
+model), predictions.json (one row per test question) and, unless run.storage_path says otherwise, checkpoints/
+(rerunning the same command resumes from the last one). With run.stop_at_epoch the job ends after that epoch's
+checkpoint, writing only the checkpoint.
 """
 
 from __future__ import annotations
