@@ -102,25 +102,30 @@ def configured_tokenizer(cfg: PretrainConfig) -> str | None:
 def runs_tokenizer(cfg: PretrainConfig) -> str | None:
     """The run's tokenizer from an earlier start: `<run.output_dir>/tokenizer`, else the one in its newest checkpoint
     (a resume on a fresh cluster whose output_dir was another node's disk)."""
-    endpoint = cfg.run.s3_endpoint
     saved = join(cfg.run.output_dir, TOKENIZER_DIR)
-    if exists(join(saved, "tokenizer.json"), endpoint):
+    if exists(join(saved, "tokenizer.json"), cfg.run.s3_endpoint):
         return saved
+    checkpoint = tokenized_checkpoint(cfg)
+    return None if checkpoint is None else join(checkpoint, TOKENIZER_DIR)
+
+
+def tokenized_checkpoint(cfg: PretrainConfig) -> str | None:
+    """The run's newest checkpoint when it carries a tokenizer, else None."""
+    endpoint = cfg.run.s3_endpoint
     checkpoint = newest_checkpoint(join(checkpoint_storage(cfg.run), cfg.run.name), endpoint)
-    if checkpoint is not None and exists(join(checkpoint, TOKENIZER_DIR, "tokenizer.json"), endpoint):
-        return join(checkpoint, TOKENIZER_DIR)
-    return None
+    if checkpoint is None or not exists(join(checkpoint, TOKENIZER_DIR, "tokenizer.json"), endpoint):
+        return None
+    return checkpoint
 
 
 def check_resume_tokenizer(cfg: PretrainConfig, tokenizer: Tokenizer) -> None:
     """A run that resumes reads its checkpoint with the vocabulary it was trained with: refused before any worker
     starts when the tokenizer differs from the newest checkpoint's, even at the same size (the workers check the
     weights' size again)."""
-    endpoint = cfg.run.s3_endpoint
-    checkpoint = newest_checkpoint(join(checkpoint_storage(cfg.run), cfg.run.name), endpoint)
-    if checkpoint is None or not exists(join(checkpoint, TOKENIZER_DIR, "tokenizer.json"), endpoint):
+    checkpoint = tokenized_checkpoint(cfg)
+    if checkpoint is None:
         return
-    trained_with = Tokenizer.load(local_copy(join(checkpoint, TOKENIZER_DIR), endpoint, refresh=True),
+    trained_with = Tokenizer.load(local_copy(join(checkpoint, TOKENIZER_DIR), cfg.run.s3_endpoint, refresh=True),
                                   cfg.model.text.context_length)
     if trained_with.backend.get_vocab() != tokenizer.backend.get_vocab():
         raise ConfigError(f"{checkpoint}: the run resumes from this checkpoint, trained with a "
