@@ -40,11 +40,12 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     cli.existing(args.checkpoint, "--checkpoint")  # a URI is checked when the workers read it
-    checkpoint, output = absolute(args.checkpoint), absolute(args.output)
-    data = args.data if "://" in args.data else str(cli.existing(args.data, "--data").resolve())
+    cli.existing(args.data, "--data")
     # Libraries are imported here, not at the top: --help and usage errors answer at once.
-    from biomedclip.io import staged_dir
+    from biomedclip.io import absolute, staged_dir
     from biomedclip.vqa.train import FinetuneConfig
+
+    checkpoint, output, data = absolute(args.checkpoint), absolute(args.output), absolute(args.data)
 
     cfg = cli.load(FinetuneConfig, args, [f"data.lang={args.lang}"] if args.lang else [])
     # Metrics, predictions and a derived set are written here; checkpoints and the model go to `output` directly.
@@ -86,11 +87,6 @@ def finetune_and_score(args: argparse.Namespace, cfg: FinetuneConfig, checkpoint
     (local_output / "predictions.json").write_text(json.dumps(predictions, indent=1, ensure_ascii=False))
     print_summary(metrics, output)
     return metrics
-
-
-def absolute(location: str) -> str:
-    """A local path made absolute (Ray Train workers run in their own working directory); a URI as given."""
-    return location if "://" in location else str(Path(location).resolve())
 
 
 def prepare_dataset(dataset: str, data: str, output: str, local_output: Path,

@@ -12,10 +12,10 @@ Static keys found where the job starts (environment, credential files) travel wi
 workers, whose environment was fixed when their node started; role-based credentials are resolved (and refreshed) by
 each process itself. Endpoint: the one a config names, else the standard `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`.
 """
-from biomedclip.io.filesystems import filesystem, is_local, s3_endpoint, static_credentials, storage_location
+from biomedclip.io.filesystems import absolute, filesystem, is_local, s3_endpoint, static_credentials, storage_location
 from biomedclip.io.output import OutputStore
 from biomedclip.io.transfer import download_dir, local_copy, staged_dir, upload_dir
 from biomedclip.io.trees import SourceTree, safe_key
 
-__all__ = ["OutputStore", "SourceTree", "download_dir", "filesystem", "is_local", "local_copy", "s3_endpoint",
-           "safe_key", "staged_dir", "static_credentials", "storage_location", "upload_dir"]
+__all__ = ["OutputStore", "SourceTree", "absolute", "download_dir", "filesystem", "is_local", "local_copy",
+           "s3_endpoint", "safe_key", "staged_dir", "static_credentials", "storage_location", "upload_dir"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -16,6 +17,16 @@ def is_local(uri: str) -> bool:
     """A plain path (or file:// URI) rather than a remote filesystem URI."""
     scheme = urlparse(str(uri)).scheme
     return scheme in ("", "file") or len(scheme) == 1  # one letter: a Windows drive
+
+
+def absolute(location: str, base: str | Path | None = None) -> str:
+    """A local path made absolute against `base` (default: the working directory; Ray workers run in their own), a
+    URI (file:// too) as given."""
+    location = str(location)
+    if "://" in location or not is_local(location):
+        return location
+    path = Path(location).expanduser()
+    return str(path if path.is_absolute() else (Path(base or Path.cwd()) / path).resolve())
 
 
 def s3_endpoint(explicit: str | None = None) -> str | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from biomedclip.config import ConfigError
-from biomedclip.io import is_local
+from biomedclip.io import absolute
 
 DEFAULT_MODEL_DIR = "demo_out/model"
 MODEL_DIR_ENV = "BIOMEDCLIP_MODEL_DIR"
@@ -120,15 +120,7 @@ class ServingConfig:
             models[self.default_model_id] = os.environ[MODEL_DIR_ENV]
         vqa = os.environ.get(VQA_DIR_ENV) or self.vqa_artifact
         base = Path(base_dir)
-        return replace(self, models={k: _absolute(v, base) for k, v in models.items()},
-                       vqa_artifact=None if vqa is None else _absolute(vqa, base),
+        return replace(self, models={k: absolute(v, base) for k, v in models.items()},
+                       vqa_artifact=None if vqa is None else absolute(vqa, base),
                        search=replace(self.search, index=None if self.search.index is None
-                                      else _absolute(self.search.index, base)))
-
-
-def _absolute(location: str, base: Path) -> str:
-    """A local path made absolute against `base`; a URI (file:// too) unchanged."""
-    if not is_local(location) or "://" in location:
-        return location
-    path = Path(location).expanduser()
-    return str(path if path.is_absolute() else (base / path).resolve())
+                                      else absolute(self.search.index, base)))

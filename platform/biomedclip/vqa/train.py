@@ -31,7 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from biomedclip.config import ConfigError, from_dict, to_dict
-from biomedclip.io import local_copy, staged_dir, storage_location
+from biomedclip.io import absolute, local_copy, staged_dir, storage_location
 from biomedclip.io.transfer import join
 from biomedclip.model.artifact import load_artifact
 from biomedclip.model.transforms import eval_transform, train_transform
@@ -201,8 +201,7 @@ def finetune(encoder: str | Path, train_records: list[VQARecord], test_records: 
     unknown = sorted({r.answer for r in train_records if r.answer not in vocab})
     if unknown:
         raise ValueError(f"training answers missing from the vocabulary: {unknown[:5]}")
-    output = str(Path(output).resolve()) if "://" not in str(output) else str(output)
-    encoder = str(Path(encoder).resolve()) if "://" not in str(encoder) else str(encoder)  # workers run elsewhere
+    output, encoder = absolute(output), absolute(encoder)  # workers run elsewhere
     with remote_bar("fine-tuning", unit="epoch") as board:
         result = _trainer(encoder, train_records, test_records, vocab, cfg, output, board, image_root).fit()
     history = result.return_value
